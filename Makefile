@@ -1,0 +1,39 @@
+# tether: `make test` is everything CI checks; `make sim` is the device demo.
+SHELL := /bin/bash
+CARGO ?= cargo
+THUMB := thumbv7em-none-eabihf
+
+.PHONY: all build test lint fmt clippy unit thumb targets sim sim-shell bench fuzz size clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace --release
+
+# Install the rustup pieces the checks need (no-op when present).
+targets:
+	@rustup target list --installed | grep -qx $(THUMB) || rustup target add $(THUMB)
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+
+fmt:
+	$(CARGO) fmt --all --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --workspace
+
+thumb: targets
+	$(CARGO) build -p tether-proto --no-default-features --target $(THUMB)
+
+lint: targets fmt clippy
+
+test: targets fmt clippy thumb unit
+
+sim:
+	@echo "make sim: the simulated device is not built yet (see the simulator issue)"; exit 1
+
+clean:
+	$(CARGO) clean

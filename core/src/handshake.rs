@@ -1,0 +1,344 @@
+//! The connection handshake, shared by every client and server (host and device).
+//!
+//! ```text
+//! client                                   server
+//!   Hello{version, limits, caps, nonce_c}  ->
+//!                                          <- HelloAck{version, limits, caps, nonce_s}
+//!   (only when HelloAck.caps has AUTH_PSK)
+//!   Auth{HMAC(K, "tether-v1 client" | T)}  ->
+//!                                          <- AuthOk{HMAC(K, "tether-v1 server" | T)}
+//! ```
+//!
+//! `T` is the transcript: SHA-256 over the raw header bytes of Hello followed
+//! by those of HelloAck, so both nonces, both capability sets and the limits
+//! are bound to the proofs and cannot be downgraded unseen. `K` is the
+//! pre-shared key (32 bytes). Proofs are compared in constant time.
+//!
+//! After a successful exchange with SEAL negotiated, every frame in each
+//! direction carries a 16-byte tag: `HMAC-SHA256(K_dir, seq_le64 | prefix |
+//! header | body)[..16]`, with `K_c2s = HMAC(K, "tether-v1 c2s" | T)` and
+//! `K_s2c = HMAC(K, "tether-v1 s2c" | T)`, and `seq` counting that
+//! direction's sealed frames from 0. See [`Sealer`] and [`Opener`].
+//!
+//! Call order for a server: [`negotiate`] on Hello, send HelloAck, then
+//! [`Transcript`] + [`client_proof`]/[`server_proof`] on Auth.
+
+use hmac::{KeyInit, Mac};
+use sha2::{Digest as _, Sha256};
+
+use crate::message::{Caps, Hello, HelloAck};
+use crate::wire::{TAG_LEN, VERSION};
+
+/// Pre-shared key length in bytes.
+pub const KEY_LEN: usize = 32;
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+/// What a server offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerPolicy {
+    /// Largest header the server accepts.
+    pub max_header: u16,
+    /// Largest body per frame the server accepts.
+    pub max_chunk: u32,
+    /// Capabilities the server has (AUTH_PSK: it requires authentication).
+    pub caps: Caps,
+}
+
+/// Why a Hello was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The client's version is older than 1 (given).
+    Version(u8),
+    /// Limits too small to carry the protocol (header < 64 or chunk < 64 bytes).
+    Limits,
+    /// The server requires authentication and the client did not offer it.
+    AuthRequired,
+    /// A proof did not verify: the keys differ.
+    BadProof,
+}
+
+impl HandshakeError {
+    /// The error code to answer with.
+    pub fn code(self) -> crate::ErrorCode {
+        use crate::ErrorCode as C;
+        match self {
+            HandshakeError::Version(_) => C::UNSUPPORTED_VERSION,
+            HandshakeError::Limits => C::BAD_LENGTH,
+            HandshakeError::AuthRequired => C::AUTH_REQUIRED,
+            HandshakeError::BadProof => C::AUTH_FAILED,
+        }
+    }
+}
+
+impl core::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            HandshakeError::Version(v) => {
+                write!(f, "client speaks version {v}, server needs {VERSION}")
+            }
+            HandshakeError::Limits => write!(f, "negotiated limits are below 64 bytes"),
+            HandshakeError::AuthRequired => {
+                write!(
+                    f,
+                    "this server requires a pre-shared key (set TETHER_KEY_FILE or --key-file)"
+                )
+            }
+            HandshakeError::BadProof => write!(f, "authentication failed: the keys differ"),
+        }
+    }
+}
+
+impl core::error::Error for HandshakeError {}
+
+/// Smallest header and chunk limits a peer may announce.
+pub const MIN_LIMIT: u32 = 64;
+
+/// The server's answer to `hello`: the limits both sides use are the smaller
+/// of the two; capabilities are the server's, with SEAL/ENCRYPT only if the
+/// client offered them too.
+pub fn negotiate<'a>(
+    hello: &Hello<'_>,
+    policy: &ServerPolicy,
+    nonce: [u8; 16],
+    agent: &'a str,
+) -> Result<HelloAck<'a>, HandshakeError> {
+    if hello.version < VERSION {
+        return Err(HandshakeError::Version(hello.version));
+    }
+    let max_header = hello.max_header.min(policy.max_header);
+    let max_chunk = hello.max_chunk.min(policy.max_chunk);
+    if u32::from(max_header) < MIN_LIMIT || max_chunk < MIN_LIMIT {
+        return Err(HandshakeError::Limits);
+    }
+    let mut caps = policy.caps;
+    if caps.contains(Caps::AUTH_PSK) && !hello.caps.contains(Caps::AUTH_PSK) {
+        return Err(HandshakeError::AuthRequired);
+    }
+    let optional = Caps::SEAL.union(Caps::ENCRYPT);
+    caps = Caps(caps.0 & !optional.0).union(caps.intersection(hello.caps).intersection(optional));
+    if !caps.contains(Caps::AUTH_PSK) {
+        caps = Caps(caps.0 & !optional.0);
+    }
+    Ok(HelloAck {
+        version: VERSION,
+        max_header,
+        max_chunk,
+        caps,
+        nonce,
+        agent,
+    })
+}
+
+/// Running SHA-256 over the handshake headers.
+#[derive(Debug, Clone, Default)]
+pub struct Transcript(Sha256);
+
+impl Transcript {
+    /// An empty transcript.
+    pub fn new() -> Self {
+        Transcript(Sha256::new())
+    }
+    /// Add one frame's raw header bytes (Hello first, then HelloAck).
+    pub fn add(&mut self, header_bytes: &[u8]) {
+        self.0.update(header_bytes);
+    }
+    /// The transcript hash.
+    pub fn finish(self) -> [u8; 32] {
+        self.0.finalize().into()
+    }
+}
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    // HMAC accepts keys of any length.
+    let mut m = <HmacSha256 as KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| HmacSha256::new(&Default::default()));
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().into()
+}
+
+/// The client's proof over transcript hash `t`.
+pub fn client_proof(key: &[u8; KEY_LEN], t: &[u8; 32]) -> [u8; 32] {
+    hmac(key, &[b"tether-v1 client", t])
+}
+
+/// The server's proof over transcript hash `t`.
+pub fn server_proof(key: &[u8; KEY_LEN], t: &[u8; 32]) -> [u8; 32] {
+    hmac(key, &[b"tether-v1 server", t])
+}
+
+/// Constant-time comparison of two proofs.
+pub fn proofs_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+/// Which way a sealed frame travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to server.
+    ClientToServer,
+    /// Server to client.
+    ServerToClient,
+}
+
+/// The per-direction frame key.
+pub fn direction_key(key: &[u8; KEY_LEN], t: &[u8; 32], dir: Direction) -> [u8; 32] {
+    let label: &[u8] = match dir {
+        Direction::ClientToServer => b"tether-v1 c2s",
+        Direction::ServerToClient => b"tether-v1 s2c",
+    };
+    hmac(key, &[label, t])
+}
+
+/// Computes tags for outgoing frames of one direction.
+#[derive(Debug, Clone)]
+pub struct Sealer {
+    key: [u8; 32],
+    seq: u64,
+}
+
+/// A tag being computed over one frame (prefix, header, then body bytes).
+#[derive(Debug, Clone)]
+pub struct TagBuilder(HmacSha256);
+
+impl TagBuilder {
+    /// Add body bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+    /// The tag.
+    pub fn finish(self) -> [u8; TAG_LEN] {
+        let full: [u8; 32] = self.0.finalize().into_bytes().into();
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&full[..TAG_LEN]);
+        tag
+    }
+}
+
+impl Sealer {
+    /// A sealer with its direction key, starting at sequence 0.
+    pub fn new(direction_key: [u8; 32]) -> Self {
+        Sealer {
+            key: direction_key,
+            seq: 0,
+        }
+    }
+    /// Start the tag of the next frame: `head` is its prefix and header as sent.
+    pub fn begin(&mut self, head: &[u8]) -> TagBuilder {
+        let mut m = <HmacSha256 as KeyInit>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| HmacSha256::new(&Default::default()));
+        m.update(&self.seq.to_le_bytes());
+        m.update(head);
+        self.seq = self.seq.wrapping_add(1);
+        TagBuilder(m)
+    }
+    /// Sequence number the next frame gets.
+    pub fn next_seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// Verifies tags of incoming frames of one direction: a frame replayed,
+/// reordered, dropped, spliced or truncated fails.
+#[derive(Debug, Clone)]
+pub struct Opener(Sealer);
+
+impl Opener {
+    /// An opener with its direction key, expecting sequence 0 first.
+    pub fn new(direction_key: [u8; 32]) -> Self {
+        Opener(Sealer::new(direction_key))
+    }
+    /// Start checking the next frame: `head` is its prefix and header as received.
+    pub fn begin(&mut self, head: &[u8]) -> TagBuilder {
+        self.0.begin(head)
+    }
+    /// Whether `tag` matches the computed one (constant time).
+    pub fn verify(builder: TagBuilder, tag: &[u8; TAG_LEN]) -> bool {
+        let want = builder.finish();
+        let mut diff = 0u8;
+        for (x, y) in want.iter().zip(tag) {
+            diff |= x ^ y;
+        }
+        diff == 0
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    fn hello(caps: Caps) -> Hello<'static> {
+        Hello {
+            version: 1,
+            max_header: 8192,
+            max_chunk: 1 << 20,
+            caps,
+            nonce: [1; 16],
+            agent: "t",
+        }
+    }
+
+    #[test]
+    fn negotiates_smaller_limits_and_optional_caps() {
+        let policy = ServerPolicy {
+            max_header: 512,
+            max_chunk: 1024,
+            caps: Caps::EXEC.union(Caps::AUTH_PSK).union(Caps::SEAL),
+        };
+        let ack = negotiate(&hello(Caps::AUTH_PSK), &policy, [2; 16], "s").unwrap();
+        assert_eq!((ack.max_header, ack.max_chunk), (512, 1024));
+        assert!(!ack.caps.contains(Caps::SEAL), "client did not offer SEAL");
+        let ack = negotiate(
+            &hello(Caps::AUTH_PSK.union(Caps::SEAL)),
+            &policy,
+            [2; 16],
+            "s",
+        )
+        .unwrap();
+        assert!(ack.caps.contains(Caps::SEAL));
+        assert_eq!(
+            negotiate(&hello(Caps::empty()), &policy, [2; 16], "s"),
+            Err(HandshakeError::AuthRequired)
+        );
+    }
+
+    #[test]
+    fn proofs_depend_on_key_and_transcript() {
+        let k = [7u8; 32];
+        let mut t = Transcript::new();
+        t.add(b"hello");
+        t.add(b"ack");
+        let t = t.finish();
+        assert_ne!(client_proof(&k, &t), server_proof(&k, &t));
+        assert!(proofs_equal(&client_proof(&k, &t), &client_proof(&k, &t)));
+        assert!(!proofs_equal(
+            &client_proof(&k, &t),
+            &client_proof(&[8u8; 32], &t)
+        ));
+    }
+
+    #[test]
+    fn replayed_frame_fails_the_tag() {
+        let dk = [3u8; 32];
+        let mut s = Sealer::new(dk);
+        let mut o = Opener::new(dk);
+        let mut b = s.begin(b"head");
+        b.update(b"body");
+        let tag = b.finish();
+        let mut c = o.begin(b"head");
+        c.update(b"body");
+        assert!(Opener::verify(c, &tag));
+        // Same frame again: sequence 1 now, so it fails.
+        let mut c = o.begin(b"head");
+        c.update(b"body");
+        assert!(!Opener::verify(c, &tag));
+    }
+}
