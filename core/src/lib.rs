@@ -55,3 +55,7 @@ pub const HOST_MAX_HEADER: u16 = 8 * 1024;
 
 /// Largest body per frame a host peer accepts.
 pub const HOST_MAX_CHUNK: u32 = 256 * 1024;
+
+/// Largest UDP datagram (one whole frame) tether sends or accepts: an
+/// Ethernet MTU minus IPv4 and UDP headers, so no datagram is fragmented.
+pub const MAX_DATAGRAM: usize = 1472;
