@@ -595,6 +595,8 @@ pub enum HeaderErrorKind {
     Invalid,
     /// Valid header followed by extra bytes.
     TrailingBytes,
+    /// A value in a longer encoding than needed (an overlong varint).
+    NonCanonical,
 }
 
 /// A header that could not be parsed, with the request id when it was readable,
@@ -624,6 +626,7 @@ impl fmt::Display for HeaderError {
             HeaderErrorKind::UnknownKind(k) => write!(f, "unknown message kind {k}"),
             HeaderErrorKind::Invalid => write!(f, "invalid header encoding"),
             HeaderErrorKind::TrailingBytes => write!(f, "header has trailing bytes"),
+            HeaderErrorKind::NonCanonical => write!(f, "header uses an overlong encoding"),
         }
     }
 }
@@ -684,7 +687,9 @@ impl<'a> Header<'a> {
         let first = read_varint_u32(bytes);
         let request_id = first.map(|(id, _)| id);
         match postcard::take_from_bytes::<Header<'a>>(bytes) {
-            Ok((h, [])) => Ok(h),
+            // Overlong varints decode to the same value: only the canonical length is accepted.
+            Ok((h, [])) if h.buffer_len() == bytes.len() => Ok(h),
+            Ok((_, [])) => Err(HeaderError { request_id, kind: HeaderErrorKind::NonCanonical }),
             Ok(_) => Err(HeaderError {
                 request_id,
                 kind: HeaderErrorKind::TrailingBytes,
@@ -756,6 +761,14 @@ mod test {
         let e = Header::parse(&[0x01, 0x14, 0x00]).unwrap_err();
         assert_eq!(e.kind, HeaderErrorKind::TrailingBytes);
         assert_eq!(Header::parse(&[0x01, 0x14]).unwrap().message, Message::Data);
+    }
+
+    #[test]
+    fn overlong_varint_is_refused() {
+        // Request id 26 as 0x9a 0x00 instead of 0x1a.
+        let e = Header::parse(&[0x9a, 0x00, 0x04, 0x0c]).unwrap_err();
+        assert_eq!(e.kind, HeaderErrorKind::NonCanonical);
+        assert!(Header::parse(&[0x1a, 0x04, 0x0c]).is_ok());
     }
 
     #[test]
