@@ -35,5 +35,17 @@ test: targets fmt clippy thumb unit
 sim:
 	@echo "make sim: the simulated device is not built yet (see the simulator issue)"; exit 1
 
+# Each fuzz target for FUZZ_SECONDS (default 60) from its committed corpus.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := $(shell sed -n 's/^name = "\(.*\)"/\1/p' fuzz/Cargo.toml | grep -v tether-fuzz)
+fuzz:
+	@rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@set -eo pipefail; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS)s"; \
+	  (cd fuzz && cargo +nightly fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 | grep -E 'stat::number_of_executed_units|Done|panicked|ERROR|SUMMARY' ); \
+	done
+
 clean:
 	$(CARGO) clean
