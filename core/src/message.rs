@@ -689,7 +689,10 @@ impl<'a> Header<'a> {
         match postcard::take_from_bytes::<Header<'a>>(bytes) {
             // Overlong varints decode to the same value: only the canonical length is accepted.
             Ok((h, [])) if h.buffer_len() == bytes.len() => Ok(h),
-            Ok((_, [])) => Err(HeaderError { request_id, kind: HeaderErrorKind::NonCanonical }),
+            Ok((_, [])) => Err(HeaderError {
+                request_id,
+                kind: HeaderErrorKind::NonCanonical,
+            }),
             Ok(_) => Err(HeaderError {
                 request_id,
                 kind: HeaderErrorKind::TrailingBytes,

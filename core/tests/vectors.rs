@@ -20,7 +20,12 @@ struct Case {
 }
 
 fn case(name: &'static str, request_id: u32, message: Message<'static>) -> Case {
-    Case { name, header: Header::new(request_id, message), body: b"", flags: Flags::empty() }
+    Case {
+        name,
+        header: Header::new(request_id, message),
+        body: b"",
+        flags: Flags::empty(),
+    }
 }
 
 fn cases() -> Vec<Case> {
@@ -57,56 +62,171 @@ fn cases() -> Vec<Case> {
         case("echo", 2, Message::Echo { text: "hello" }),
         case("echo_reply", 2, Message::EchoReply { text: "HELLO" }),
         case("time", 3, Message::Time { format: "%H:%M" }),
-        case("time_reply", 3, Message::TimeReply { unix_ms: 1_795_000_000_000, text: "12:34" }),
+        case(
+            "time_reply",
+            3,
+            Message::TimeReply {
+                unix_ms: 1_795_000_000_000,
+                text: "12:34",
+            },
+        ),
         case(
             "exec_argv",
             4,
-            Message::Exec(Exec { command: Command::Argv(Argv("ls\0-l")), timeout_ms: Some(5000) }),
+            Message::Exec(Exec {
+                command: Command::Argv(Argv("ls\0-l")),
+                timeout_ms: Some(5000),
+            }),
         ),
-        case("exec_shell", 5, Message::Exec(Exec { command: Command::Shell("echo hi >&2"), timeout_ms: None })),
-        case("exit_code", 4, Message::Exit { status: ExitStatus::Code(3) }),
-        case("exit_signal", 4, Message::Exit { status: ExitStatus::Signal(9) }),
-        case("exit_timed_out", 4, Message::Exit { status: ExitStatus::TimedOut }),
-        case("exit_cancelled", 4, Message::Exit { status: ExitStatus::Cancelled }),
+        case(
+            "exec_shell",
+            5,
+            Message::Exec(Exec {
+                command: Command::Shell("echo hi >&2"),
+                timeout_ms: None,
+            }),
+        ),
+        case(
+            "exit_code",
+            4,
+            Message::Exit {
+                status: ExitStatus::Code(3),
+            },
+        ),
+        case(
+            "exit_signal",
+            4,
+            Message::Exit {
+                status: ExitStatus::Signal(9),
+            },
+        ),
+        case(
+            "exit_timed_out",
+            4,
+            Message::Exit {
+                status: ExitStatus::TimedOut,
+            },
+        ),
+        case(
+            "exit_cancelled",
+            4,
+            Message::Exit {
+                status: ExitStatus::Cancelled,
+            },
+        ),
         case("cancel", 6, Message::Cancel { target: 4 }),
         case("stat", 7, Message::Stat { path: "a/b.txt" }),
         case(
             "stat_reply",
             7,
-            Message::StatReply(Entry { name: "a/b.txt", kind: EntryKind::File, size: 300, modified: 1_700_000_000 }),
+            Message::StatReply(Entry {
+                name: "a/b.txt",
+                kind: EntryKind::File,
+                size: 300,
+                modified: 1_700_000_000,
+            }),
         ),
         case("list", 8, Message::List { path: "" }),
         case(
             "list_entry",
             8,
-            Message::ListEntry(Entry { name: "sub", kind: EntryKind::Dir, size: 0, modified: 0 }),
+            Message::ListEntry(Entry {
+                name: "sub",
+                kind: EntryKind::Dir,
+                size: 0,
+                modified: 0,
+            }),
         ),
-        case("get", 9, Message::Get { path: "big.bin", offset: 65536 }),
+        case(
+            "get",
+            9,
+            Message::Get {
+                path: "big.bin",
+                offset: 65536,
+            },
+        ),
         case(
             "file_info",
             9,
-            Message::FileInfo { size: 1_000_000, modified: 1_700_000_000, offset: 65536, prefix_sha256: Some(d) },
+            Message::FileInfo {
+                size: 1_000_000,
+                modified: 1_700_000_000,
+                offset: 65536,
+                prefix_sha256: Some(d),
+            },
         ),
-        case("done_get", 9, Message::Done { bytes: 1_000_000, sha256: Some(d) }),
-        case("done_list", 8, Message::Done { bytes: 2, sha256: None }),
-        case("put", 10, Message::Put { path: "up.bin", size: 5, force: false, resume: true }),
-        case("put_ready", 10, Message::PutReady { offset: 0, prefix_sha256: None }),
+        case(
+            "done_get",
+            9,
+            Message::Done {
+                bytes: 1_000_000,
+                sha256: Some(d),
+            },
+        ),
+        case(
+            "done_list",
+            8,
+            Message::Done {
+                bytes: 2,
+                sha256: None,
+            },
+        ),
+        case(
+            "put",
+            10,
+            Message::Put {
+                path: "up.bin",
+                size: 5,
+                force: false,
+                resume: true,
+            },
+        ),
+        case(
+            "put_ready",
+            10,
+            Message::PutReady {
+                offset: 0,
+                prefix_sha256: None,
+            },
+        ),
         case("remove", 11, Message::Remove { path: "old.txt" }),
-        case("error", 12, Message::Error { code: ErrorCode::NOT_FOUND, message: "no such file: x" }),
+        case(
+            "error",
+            12,
+            Message::Error {
+                code: ErrorCode::NOT_FOUND,
+                message: "no such file: x",
+            },
+        ),
     ];
     v.push(Case {
         name: "output_stdout",
-        header: Header::new(4, Message::Output { stream: Stream::Stdout }),
+        header: Header::new(
+            4,
+            Message::Output {
+                stream: Stream::Stdout,
+            },
+        ),
         body: b"hi\n",
         flags: Flags::empty(),
     });
     v.push(Case {
         name: "output_stderr_binary",
-        header: Header::new(4, Message::Output { stream: Stream::Stderr }),
+        header: Header::new(
+            4,
+            Message::Output {
+                stream: Stream::Stderr,
+            },
+        ),
         body: b"\xff\x00\xfe",
         flags: Flags::empty(),
     });
-    v.push(Case { name: "data", header: Header::new(10, Message::Data), body: b"12345", flags: Flags::empty() });
+    v.push(Case {
+        name: "data",
+        header: Header::new(10, Message::Data),
+        body: b"12345",
+        flags: Flags::empty(),
+    });
     v.push(Case {
         name: "data_sealed",
         header: Header::new(10, Message::Data),
@@ -121,7 +241,9 @@ const VECTOR_TAG: [u8; TAG_LEN] = [0x5A; TAG_LEN];
 
 fn encode(c: &Case) -> Vec<u8> {
     let mut buf = vec![0u8; 1024];
-    let mut out = encode_head(&c.header, c.body.len() as u64, c.flags, &mut buf).unwrap().to_vec();
+    let mut out = encode_head(&c.header, c.body.len() as u64, c.flags, &mut buf)
+        .unwrap()
+        .to_vec();
     out.extend_from_slice(c.body);
     if c.flags.contains(Flags::SEALED) {
         out.extend_from_slice(&VECTOR_TAG);
@@ -148,7 +270,10 @@ fn spec_vectors() -> BTreeMap<String, Vec<u8>> {
         }
         let (name, hexs) = line.split_once(':').expect("vector line is `name: hex`");
         let bytes = hex::decode(hexs.split_whitespace().collect::<String>()).expect("valid hex");
-        assert!(out.insert(name.trim().to_string(), bytes).is_none(), "duplicate vector {name}");
+        assert!(
+            out.insert(name.trim().to_string(), bytes).is_none(),
+            "duplicate vector {name}"
+        );
     }
     out
 }
@@ -176,11 +301,16 @@ fn spec_vectors_match_the_code() {
     }
     let spec = spec_vectors();
     for c in &cases {
-        let want = spec.get(c.name).unwrap_or_else(|| panic!("PROTOCOL.md lacks vector {}", c.name));
+        let want = spec
+            .get(c.name)
+            .unwrap_or_else(|| panic!("PROTOCOL.md lacks vector {}", c.name));
         assert_eq!(&encode(c), want, "vector {} differs from the code", c.name);
     }
     for name in spec.keys() {
-        assert!(cases.iter().any(|c| c.name == name), "PROTOCOL.md vector {name} has no case");
+        assert!(
+            cases.iter().any(|c| c.name == name),
+            "PROTOCOL.md vector {name} has no case"
+        );
     }
 }
 
@@ -199,7 +329,13 @@ fn vectors_decode_to_their_messages_fed_whole_or_bytewise() {
         let bytes = encode(&c);
         for step in [1, bytes.len()] {
             let mut hb = [0u8; 512];
-            let mut dec = Decoder::new(&mut hb[..], Limits { max_header: 512, max_body: 64 });
+            let mut dec = Decoder::new(
+                &mut hb[..],
+                Limits {
+                    max_header: 512,
+                    max_body: 64,
+                },
+            );
             let mut header = None;
             let mut body = Vec::new();
             let mut tag = None;
@@ -246,21 +382,45 @@ fn round_trip_of_random_messages() {
         let r = next();
         let name: &'static str = names[(r % names.len() as u64) as usize];
         let msg = match (r >> 8) % 6 {
-            0 => Message::Get { path: name, offset: next() },
-            1 => Message::Put { path: name, size: next(), force: r & 1 == 1, resume: r & 2 == 2 },
-            2 => Message::Error { code: ErrorCode((next() % 65536) as u16), message: name },
-            3 => Message::Exit { status: ExitStatus::Code(next() as i32) },
-            4 => Message::Done { bytes: next(), sha256: (r & 1 == 1).then_some([r as u8; 32]) },
+            0 => Message::Get {
+                path: name,
+                offset: next(),
+            },
+            1 => Message::Put {
+                path: name,
+                size: next(),
+                force: r & 1 == 1,
+                resume: r & 2 == 2,
+            },
+            2 => Message::Error {
+                code: ErrorCode((next() % 65536) as u16),
+                message: name,
+            },
+            3 => Message::Exit {
+                status: ExitStatus::Code(next() as i32),
+            },
+            4 => Message::Done {
+                bytes: next(),
+                sha256: (r & 1 == 1).then_some([r as u8; 32]),
+            },
             _ => Message::Ping { stamp: next() },
         };
         let h = Header::new(next() as u32, msg);
         let mut buf = [0u8; 512];
         let n = encode_frame(&h, &[], &mut buf).unwrap().len();
         let mut hb = [0u8; 512];
-        let mut dec = Decoder::new(&mut hb[..], Limits { max_header: 512, max_body: 0 });
+        let mut dec = Decoder::new(
+            &mut hb[..],
+            Limits {
+                max_header: 512,
+                max_body: 0,
+            },
+        );
         let (used, ev) = dec.handle_bytes(&buf[..n]);
         assert_eq!(used, n);
-        let Ok(Some(Event::Header(f))) = ev else { panic!("no header for {h:?}") };
+        let Ok(Some(Event::Header(f))) = ev else {
+            panic!("no header for {h:?}")
+        };
         assert_eq!(f.parse().unwrap(), h);
     }
 }
@@ -268,7 +428,10 @@ fn round_trip_of_random_messages() {
 #[test]
 fn error_table_in_spec_matches_the_code() {
     let spec = include_str!("../PROTOCOL.md");
-    let section = spec.split("## 4. Error codes").nth(1).expect("spec has section 4");
+    let section = spec
+        .split("## 4. Error codes")
+        .nth(1)
+        .expect("spec has section 4");
     let section = section.split("\n## ").next().unwrap_or(section);
     let table: Vec<(u16, String)> = section
         .lines()
@@ -281,7 +444,11 @@ fn error_table_in_spec_matches_the_code() {
         })
         .filter(|(_, n)| n.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
         .collect();
-    assert_eq!(table.len(), ErrorCode::ALL.len(), "spec table and ErrorCode::ALL differ in size");
+    assert_eq!(
+        table.len(),
+        ErrorCode::ALL.len(),
+        "spec table and ErrorCode::ALL differ in size"
+    );
     for (code, name) in table {
         assert_eq!(ErrorCode(code).name(), Some(name.as_str()), "code {code}");
     }
