@@ -1,3 +1,634 @@
-fn main() {
-    println!("tether: not yet");
+//! The `tether` command: see `tether --help`.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{ArgAction, Args, Parser, Subcommand};
+use tether_host::addr::{parse_duration, parse_rate, HostSpec};
+use tether_host::client::exec::{exec, report_status, shell};
+use tether_host::client::transfer::{get, part_path, put, Report, TransferOpts};
+use tether_host::client::udp::{UdpClient, UdpOpts};
+use tether_host::client::{connect, fs, ConnectOpts};
+use tether_host::conn::{Msg, OwnedCommand};
+use tether_host::server::{bind, serve, ServerConfig};
+use tether_proto::Message;
+
+const ABOUT: &str =
+    "Run commands and move files over one framed protocol, on a PC or a microcontroller";
+
+const LONG_ABOUT: &str = "\
+Run commands and move files over one framed protocol, on a PC or a microcontroller.
+
+One machine serves (`tether serve`), others connect with the client commands.
+HOST is host[:port]; the default port is 7117 (TCP for commands and files, UDP
+for echo, time and ping, on the same port).";
+
+const EXAMPLES: &str = "\
+Examples:
+  tether serve --root /srv/share --allow-exec     serve a directory, allow commands
+  tether exec box -- uname -a                     run a command (no shell)
+  tether exec box --shell 'ls | wc -l'            run a shell line
+  tether put box ./image.bin fw/image.bin         upload (resumes if interrupted)
+  tether get box fw/image.bin                     download, verified by SHA-256
+  tether ls box fw                                list a directory
+  tether ping box -c 3                            round-trip times over UDP
+
+Exit status: `exec` returns the remote command's code (124 timed out, 130
+cancelled, 128+N killed by signal N, 255 when tether itself failed); the other
+commands return 0 on success, 1 on error, 2 on a usage error.";
+
+#[derive(Debug, Parser)]
+#[command(name = "tether", version, about = ABOUT, long_about = LONG_ABOUT, after_help = EXAMPLES)]
+struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Less output: no progress bar, summaries or warnings (-qq: not even errors).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    quiet: u8,
+    /// Retries: for TCP after a refused connection or a busy server (default 0);
+    /// for UDP after a timeout (default 3).
+    #[arg(long, global = true, value_name = "N", env = "TETHER_RETRIES")]
+    retries: Option<u32>,
+    /// Wait before the first TCP retry; doubles after each (at most 30s).
+    #[arg(long, global = true, value_name = "DUR", default_value = "500ms", value_parser = parse_duration)]
+    retry_delay: Duration,
+    /// Limit for connecting and for the handshake.
+    #[arg(long, global = true, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve commands and files over TCP, and echo/time/ping over UDP, on one port.
+    ///
+    /// Prints `listening on ADDR:PORT` on stdout once ready (useful with port 0),
+    /// then one log line per request on stderr. Ctrl-C or SIGTERM stops
+    /// accepting, lets transfers in flight finish within --shutdown-grace and
+    /// keeps interrupted uploads resumable; a second signal stops at once.
+    Serve(ServeArgs),
+    /// Run a command on the server; its output streams here as it is produced.
+    ///
+    /// The command runs from its argv, without a shell, unless --shell is given.
+    /// Ctrl-C cancels the remote command. The exit status is the remote one.
+    #[command(
+        after_help = "Examples:\n  tether exec box -- ls -l /tmp\n  tether exec box --timeout 30 -- make test\n  tether exec box --shell 'dmesg | tail'"
+    )]
+    Exec(ExecArgs),
+    /// Interactive remote shell: each line runs on the server (`exit` leaves).
+    ///
+    /// Empty lines are ignored. When the server restarts, the next line
+    /// reconnects (waiting for it to come back).
+    Shell {
+        /// Server: host[:port].
+        #[arg(value_parser = HostSpec::parse)]
+        host: HostSpec,
+    },
+    /// Download a file: verified by SHA-256, resumable, atomic.
+    ///
+    /// Prints `<sha256>  <LOCAL>` on stdout (the format of sha256sum, so
+    /// `sha256sum -c` checks it) and a summary on stderr. The data lands in
+    /// LOCAL.tether-part and is renamed to LOCAL only once verified; an
+    /// interrupted download continues from that partial next time.
+    #[command(
+        after_help = "Examples:\n  tether get box logs/app.log\n  tether get box fw/image.bin /tmp/ --force"
+    )]
+    Get(GetArgs),
+    /// Upload a file: verified by SHA-256, resumable, atomic.
+    ///
+    /// Prints `<sha256>  <LOCAL>` on stdout and a summary on stderr. The
+    /// server keeps the data in .NAME.tether-part beside the destination and
+    /// renames it only once verified; an interrupted upload continues from
+    /// there next time.
+    #[command(
+        after_help = "Examples:\n  tether put box ./image.bin\n  tether put box ./image.bin fw/ --force"
+    )]
+    Put(PutArgs),
+    /// List a directory on the server (default: its root).
+    Ls {
+        /// Server: host[:port].
+        #[arg(value_parser = HostSpec::parse)]
+        host: HostSpec,
+        /// Directory, relative to the server's root.
+        path: Option<String>,
+    },
+    /// Describe one path on the server.
+    Stat {
+        /// Server: host[:port].
+        #[arg(value_parser = HostSpec::parse)]
+        host: HostSpec,
+        /// Path, relative to the server's root.
+        path: String,
+    },
+    /// Remove a file or an empty directory on the server.
+    Rm {
+        /// Server: host[:port].
+        #[arg(value_parser = HostSpec::parse)]
+        host: HostSpec,
+        /// Path, relative to the server's root.
+        path: String,
+    },
+    /// Send text over UDP; the server answers it upper-cased.
+    Echo {
+        /// Server: host[:port].
+        #[arg(value_parser = HostSpec::parse)]
+        host: HostSpec,
+        /// The text (it must fit in one datagram).
+        text: String,
+        #[command(flatten)]
+        udp: UdpArgs,
+    },
+    /// Ask the server's time over UDP.
+    Time {
+        /// Server: host[:port].
+        #[arg(value_parser = HostSpec::parse)]
+        host: HostSpec,
+        /// strftime-style format, in UTC (default %Y-%m-%dT%H:%M:%SZ).
+        format: Option<String>,
+        #[command(flatten)]
+        udp: UdpArgs,
+    },
+    /// Measure round-trip times over UDP.
+    Ping {
+        /// Server: host[:port].
+        #[arg(value_parser = HostSpec::parse)]
+        host: HostSpec,
+        /// Number of probes.
+        #[arg(short, long, default_value_t = 4)]
+        count: u32,
+        /// Time between probes.
+        #[arg(short, long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        /// How long to wait for each reply.
+        #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address and port for TCP and UDP (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:7117")]
+    listen: SocketAddr,
+    /// Directory whose files are served; nothing outside it is reachable.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    root: PathBuf,
+    /// Run commands for clients (they run in --root, as this user).
+    #[arg(long)]
+    allow_exec: bool,
+    /// Most connections at once; more are refused as busy.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_connections: usize,
+    /// Time a new connection has to complete the handshake.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// Close connections idle this long; also the longest a client may stop reading.
+    #[arg(long, value_name = "DUR", default_value = "300s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// After Ctrl-C/SIGTERM, how long transfers in flight may go on.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+}
+
+#[derive(Debug, Args)]
+struct ExecArgs {
+    /// Server: host[:port].
+    #[arg(value_parser = HostSpec::parse)]
+    host: HostSpec,
+    /// Kill the remote command after this long (exit status 124).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Run LINE with the server's shell (sh -c LINE) instead of an argv.
+    #[arg(long, value_name = "LINE", conflicts_with = "command")]
+    shell: Option<String>,
+    /// The program and its arguments (after `--`).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct TransferArgs {
+    /// Replace an existing destination.
+    #[arg(long)]
+    force: bool,
+    /// Start over instead of continuing an interrupted transfer.
+    #[arg(long)]
+    no_resume: bool,
+    /// Limit the rate, in bytes per second (e.g. 500K, 10M).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    limit_rate: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct GetArgs {
+    /// Server: host[:port].
+    #[arg(value_parser = HostSpec::parse)]
+    host: HostSpec,
+    /// File on the server, relative to its root.
+    remote: String,
+    /// Where to save it (default: the remote file's name, here; a directory: inside it).
+    local: Option<PathBuf>,
+    #[command(flatten)]
+    t: TransferArgs,
+}
+
+#[derive(Debug, Args)]
+struct PutArgs {
+    /// Server: host[:port].
+    #[arg(value_parser = HostSpec::parse)]
+    host: HostSpec,
+    /// Local file to upload.
+    local: PathBuf,
+    /// Destination on the server (default: the file's name in the root; ending in '/': inside that directory).
+    remote: Option<String>,
+    #[command(flatten)]
+    t: TransferArgs,
+}
+
+#[derive(Debug, Args)]
+struct UdpArgs {
+    /// How long to wait for each reply.
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+fn init_logging(cli: &Cli) {
+    let base: i32 = if matches!(cli.cmd, Cmd::Serve(_)) {
+        2
+    } else {
+        1
+    };
+    let level = base + i32::from(cli.verbose) - i32::from(cli.quiet);
+    let filter = match level {
+        i32::MIN..=-1 => "off",
+        0 => "error",
+        1 => "warn",
+        2 => "info",
+        3 => "debug",
+        _ => "trace",
+    };
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
+    let env = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(env)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    if matches!(cli.cmd, Cmd::Serve(_)) {
+        b.init();
+    } else {
+        b.without_time().init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let is_exec = matches!(cli.cmd, Cmd::Exec(_));
+    let rt = if matches!(cli.cmd, Cmd::Serve(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tether: error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let quiet = cli.quiet;
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if quiet < 2 {
+                eprintln!("tether: error: {e:#}");
+            }
+            ExitCode::from(if is_exec { 255 } else { 1 })
+        }
+    }
+}
+
+fn connect_opts(cli: &Cli) -> ConnectOpts {
+    ConnectOpts {
+        retries: cli.retries.unwrap_or(0),
+        retry_delay: cli.retry_delay,
+        connect_timeout: cli.connect_timeout,
+    }
+}
+
+fn udp_opts(cli: &Cli, timeout: Duration) -> UdpOpts {
+    UdpOpts {
+        timeout,
+        retries: cli.retries.unwrap_or(3),
+    }
+}
+
+/// The last component of a remote path.
+fn remote_name(remote: &str) -> Option<&str> {
+    remote
+        .rsplit('/')
+        .find(|c| !c.is_empty() && *c != "." && *c != "..")
+}
+
+fn summary(verb: &str, from: &str, to: &str, r: &Report) -> String {
+    let secs = r.elapsed.as_secs_f64().max(1e-6);
+    let rate = r.transferred as f64 / secs / (1024.0 * 1024.0);
+    let mut s = format!(
+        "{verb} {from} -> {to}: {} bytes, {} transferred",
+        r.size, r.transferred
+    );
+    if r.resumed_at > 0 {
+        s += &format!(" (resumed at {})", r.resumed_at);
+    }
+    if r.restarted {
+        s += " (a partial that did not match was discarded)";
+    }
+    s += &format!(" in {secs:.2} s, {rate:.1} MiB/s");
+    s
+}
+
+async fn interruptible<T>(
+    fut: impl std::future::Future<Output = anyhow::Result<T>>,
+    note: String,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        r = fut => r,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("\ntether: interrupted; {note}");
+            std::process::exit(130);
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let copts = connect_opts(&cli);
+    let quiet = cli.quiet > 0;
+    match &cli.cmd {
+        Cmd::Serve(a) => {
+            let cfg = ServerConfig {
+                root: a.root.clone(),
+                allow_exec: a.allow_exec,
+                max_connections: a.max_connections.max(1),
+                handshake_timeout: a.handshake_timeout,
+                idle_timeout: a.idle_timeout,
+                shutdown_grace: a.shutdown_grace,
+            };
+            if !a.root.is_dir() {
+                bail!(
+                    "--root '{}' is not a directory: create it or name another one",
+                    a.root.display()
+                );
+            }
+            let bound = bind(a.listen).await.with_context(|| {
+                format!(
+                    "cannot listen on {} (TCP and UDP): is another server running there? pick another --listen port",
+                    a.listen
+                )
+            })?;
+            let addr = bound.local_addr()?;
+            println!("listening on {addr}");
+            let _ = std::io::stdout().flush();
+            serve(cfg, bound, shutdown_signal()).await?;
+            Ok(0)
+        }
+        Cmd::Exec(a) => {
+            let command = match (&a.shell, a.command.is_empty()) {
+                (Some(line), _) => OwnedCommand::Shell(line.clone()),
+                (None, false) => OwnedCommand::Argv(a.command.clone()),
+                (None, true) => bail!(
+                    "no command given: write `tether exec HOST -- CMD [ARGS...]` or `tether exec HOST --shell 'LINE'`"
+                ),
+            };
+            let mut sess = connect(&a.host, &copts).await?;
+            let status = exec(&mut sess, &command, a.timeout).await?;
+            report_status(status);
+            Ok(status.shell_code() as u8)
+        }
+        Cmd::Shell { host } => {
+            let code = shell(host, &copts).await?;
+            Ok(code as u8)
+        }
+        Cmd::Get(a) => {
+            let name = remote_name(&a.remote).with_context(|| {
+                format!("'{}' does not name a file: give the file's path", a.remote)
+            })?;
+            let local = match &a.local {
+                None => PathBuf::from(name),
+                Some(p) if p.is_dir() => p.join(name),
+                Some(p) => p.clone(),
+            };
+            let opts = TransferOpts {
+                force: a.t.force,
+                resume: !a.t.no_resume,
+                progress: !quiet,
+                limit_rate: a.t.limit_rate,
+            };
+            let note = format!(
+                "the partial download is kept in '{}'; run the same command again to resume",
+                part_path(&local).display()
+            );
+            let r = interruptible(
+                async {
+                    let mut sess = connect(&a.host, &copts).await?;
+                    Ok(get(&mut sess, &a.remote, &local, &opts).await?)
+                },
+                note,
+            )
+            .await?;
+            println!("{}  {}", hex::encode(r.digest), local.display());
+            if !quiet {
+                let from = format!("{}:{}", a.host, a.remote);
+                eprintln!(
+                    "{}",
+                    summary("get", &from, &local.display().to_string(), &r)
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Put(a) => {
+            let base = a
+                .local
+                .file_name()
+                .and_then(|n| n.to_str())
+                .with_context(|| format!("'{}' does not name a file", a.local.display()))?;
+            let remote = match &a.remote {
+                None => base.to_string(),
+                Some(r) if r.is_empty() || r.ends_with('/') => format!("{r}{base}"),
+                Some(r) => r.clone(),
+            };
+            let opts = TransferOpts {
+                force: a.t.force,
+                resume: !a.t.no_resume,
+                progress: !quiet,
+                limit_rate: a.t.limit_rate,
+            };
+            let r = interruptible(
+                async {
+                    let mut sess = connect(&a.host, &copts).await?;
+                    Ok(put(&mut sess, &a.local, &remote, &opts).await?)
+                },
+                "the server keeps the partial upload; run the same command again to resume"
+                    .to_string(),
+            )
+            .await?;
+            println!("{}  {}", hex::encode(r.digest), a.local.display());
+            if !quiet {
+                let to = format!("{}:{}", a.host, remote);
+                eprintln!(
+                    "{}",
+                    summary("put", &a.local.display().to_string(), &to, &r)
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Ls { host, path } => {
+            let mut sess = connect(host, &copts).await?;
+            let mut out = std::io::stdout().lock();
+            fs::list(&mut sess, path.as_deref().unwrap_or(""), |e| {
+                let _ = writeln!(out, "{}", fs::format_entry(e));
+            })
+            .await?;
+            Ok(0)
+        }
+        Cmd::Stat { host, path } => {
+            let mut sess = connect(host, &copts).await?;
+            let e = fs::stat(&mut sess, path).await?;
+            println!("{}", fs::format_entry(&e));
+            Ok(0)
+        }
+        Cmd::Rm { host, path } => {
+            let mut sess = connect(host, &copts).await?;
+            fs::remove(&mut sess, path).await?;
+            Ok(0)
+        }
+        Cmd::Echo { host, text, udp } => {
+            let c = UdpClient::open(host).await?;
+            let r = c
+                .request(Message::Echo { text }, &udp_opts(&cli, udp.timeout))
+                .await?;
+            match r.msg {
+                Msg::EchoReply { text } => println!("{text}"),
+                other => bail!("unexpected reply {} to Echo", other.name()),
+            }
+            if r.attempts > 1 && !quiet {
+                eprintln!("(answered on attempt {})", r.attempts);
+            }
+            Ok(0)
+        }
+        Cmd::Time { host, format, udp } => {
+            let c = UdpClient::open(host).await?;
+            let format = format.as_deref().unwrap_or("");
+            let r = c
+                .request(Message::Time { format }, &udp_opts(&cli, udp.timeout))
+                .await?;
+            match r.msg {
+                Msg::TimeReply { text, .. } => println!("{text}"),
+                other => bail!("unexpected reply {} to Time", other.name()),
+            }
+            if r.attempts > 1 && !quiet {
+                eprintln!("(answered on attempt {})", r.attempts);
+            }
+            Ok(0)
+        }
+        Cmd::Ping {
+            host,
+            count,
+            interval,
+            timeout,
+        } => ping(host, *count, *interval, *timeout).await,
+    }
+}
+
+async fn ping(
+    host: &HostSpec,
+    count: u32,
+    interval: Duration,
+    timeout: Duration,
+) -> anyhow::Result<u8> {
+    let c = UdpClient::open(host).await?;
+    let opts = UdpOpts {
+        timeout,
+        retries: 0,
+    };
+    let mut rtts = Vec::new();
+    for seq in 1..=count.max(1) {
+        let started = std::time::Instant::now();
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        match c.request(Message::Ping { stamp }, &opts).await {
+            Ok(r) => {
+                let ms = r.rtt.as_secs_f64() * 1e3;
+                println!("reply from {}: seq={seq} time={ms:.3} ms", r.from);
+                rtts.push(ms);
+            }
+            Err(tether_host::Error::NoReply { .. }) => {
+                println!("no reply for seq={seq} within {timeout:?}");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if seq < count {
+            let spent = started.elapsed();
+            tokio::time::sleep(interval.saturating_sub(spent)).await;
+        }
+    }
+    let sent = count.max(1) as usize;
+    let loss = 100.0 * (sent - rtts.len()) as f64 / sent as f64;
+    print!(
+        "{host}: {sent} sent, {} received, {loss:.0}% loss",
+        rtts.len()
+    );
+    if !rtts.is_empty() {
+        let min = rtts.iter().cloned().fold(f64::INFINITY, f64::min);
+        let max = rtts.iter().cloned().fold(0.0, f64::max);
+        let avg = rtts.iter().sum::<f64>() / rtts.len() as f64;
+        print!(", rtt min/avg/max = {min:.3}/{avg:.3}/{max:.3} ms");
+    }
+    println!();
+    if rtts.is_empty() {
+        bail!(
+            "no replies from {host}: check that `tether serve` runs there and that UDP reaches it"
+        );
+    }
+    Ok(0)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("signal received: shutting down (send it again to stop at once)");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("tether: second signal: stopping now");
+        std::process::exit(130);
+    });
 }

@@ -1,0 +1,171 @@
+//! `tether echo`, `tether time`, `tether ping`: one datagram each way, with
+//! a timeout per attempt and retries; replies are matched by request id.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tether_proto::codec::{encode_frame, Decoder, Event, Limits};
+use tether_proto::{EncodeError, Header, Message, MAX_DATAGRAM};
+use tokio::net::UdpSocket;
+use tracing::debug;
+
+use super::resolve;
+use crate::addr::HostSpec;
+use crate::conn::Msg;
+use crate::error::Error;
+
+/// Timeout and retries of datagram requests.
+#[derive(Debug, Clone)]
+pub struct UdpOpts {
+    /// How long to wait for each reply.
+    pub timeout: Duration,
+    /// Extra attempts after a timeout.
+    pub retries: u32,
+}
+
+/// A reply and where it came from.
+#[derive(Debug)]
+pub struct Reply {
+    /// The reply.
+    pub msg: Msg,
+    /// Round-trip time of the answered attempt.
+    pub rtt: Duration,
+    /// Attempts used.
+    pub attempts: u32,
+    /// The server's address.
+    pub from: SocketAddr,
+}
+
+/// An open datagram socket to one server.
+#[derive(Debug)]
+pub struct UdpClient {
+    sock: UdpSocket,
+    host: String,
+    addr: SocketAddr,
+}
+
+impl UdpClient {
+    /// Resolve `host` and open a socket to it.
+    pub async fn open(host: &HostSpec) -> Result<Self, Error> {
+        let addr = resolve(host).await?[0];
+        let local: SocketAddr = if addr.is_ipv4() {
+            "0.0.0.0:0".parse().expect("valid")
+        } else {
+            "[::]:0".parse().expect("valid")
+        };
+        let connect_err = |source| Error::Connect {
+            host: host.to_string(),
+            source,
+        };
+        let sock = UdpSocket::bind(local).await.map_err(connect_err)?;
+        sock.connect(addr).await.map_err(connect_err)?;
+        Ok(UdpClient {
+            sock,
+            host: host.to_string(),
+            addr,
+        })
+    }
+
+    /// Send `msg` and wait for the reply with the same request id, retrying.
+    pub async fn request(&self, msg: Message<'_>, opts: &UdpOpts) -> Result<Reply, Error> {
+        let id = rand::random::<u32>().max(1);
+        let mut out = [0u8; MAX_DATAGRAM];
+        let kind = msg.kind();
+        let frame = match encode_frame(&Header::new(id, msg), &[], &mut out) {
+            Ok(f) => f,
+            Err(EncodeError::BufferTooSmall { needed }) => {
+                return Err(Error::Usage(format!(
+                    "the {kind:?} request would be a {needed}-byte datagram, more than the {MAX_DATAGRAM} bytes one datagram may hold; shorten it"
+                )))
+            }
+            Err(e) => return Err(Error::Usage(format!("cannot encode the request: {e}"))),
+        };
+        let mut buf = vec![0u8; 65536];
+        let mut why = String::new();
+        for attempt in 1..=opts.retries + 1 {
+            let sent = Instant::now();
+            if let Err(e) = self.sock.send(frame).await {
+                return Err(Error::Connect {
+                    host: self.host.clone(),
+                    source: e,
+                });
+            }
+            let deadline = tokio::time::Instant::now() + opts.timeout;
+            loop {
+                let r = tokio::time::timeout_at(deadline, self.sock.recv(&mut buf)).await;
+                let n = match r {
+                    Err(_) => break,
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        // ICMP port unreachable: nothing listens (yet); wait out the attempt.
+                        why = " (the port is unreachable: nothing listens on UDP there)".into();
+                        tokio::time::sleep_until(deadline).await;
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        return Err(Error::Connect {
+                            host: self.host.clone(),
+                            source: e,
+                        })
+                    }
+                    Ok(Ok(n)) => n,
+                };
+                if n > MAX_DATAGRAM {
+                    return Err(Error::Protocol {
+                        host: self.host.clone(),
+                        detail: format!(
+                            "a reply of {n} bytes exceeds the {MAX_DATAGRAM}-byte datagram limit"
+                        ),
+                    });
+                }
+                match parse(&buf[..n]) {
+                    Ok((rid, msg)) if rid == id => {
+                        if let Msg::Error { code, message } = msg {
+                            return Err(Error::Remote { code, message });
+                        }
+                        return Ok(Reply {
+                            msg,
+                            rtt: sent.elapsed(),
+                            attempts: attempt,
+                            from: self.addr,
+                        });
+                    }
+                    Ok((rid, msg)) => {
+                        debug!("ignoring {} for request {rid}", msg.name())
+                    }
+                    Err(e) => debug!("ignoring a datagram that is not a tether frame: {e}"),
+                }
+            }
+            if attempt <= opts.retries {
+                debug!("no reply within {:?}; retrying", opts.timeout);
+            }
+        }
+        Err(Error::NoReply {
+            host: self.host.clone(),
+            attempts: opts.retries + 1,
+            timeout: opts.timeout,
+            why,
+        })
+    }
+}
+
+/// Parse one datagram as one whole frame.
+pub fn parse(dgram: &[u8]) -> Result<(u32, Msg), String> {
+    let mut hbuf = [0u8; MAX_DATAGRAM];
+    let mut dec = Decoder::new(
+        &mut hbuf[..],
+        Limits {
+            max_header: MAX_DATAGRAM as u16,
+            max_body: 0,
+        },
+    );
+    let (used, ev) = dec.handle_bytes(dgram);
+    match ev {
+        Ok(Some(Event::Header(f))) if used == dgram.len() => {
+            let h = f.parse().map_err(|e| e.to_string())?;
+            Ok((h.request_id, Msg::from_message(&h.message)))
+        }
+        Ok(_) => Err("not exactly one whole frame".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}

@@ -1,0 +1,38 @@
+//! # tether-host
+//!
+//! The PC side of tether: a concurrent server ([`server`]) and the client
+//! operations ([`client`]) behind the `tether` binary.
+//!
+//! * One TCP connection carries one handshake (`Hello`/`HelloAck`) and then
+//!   any number of requests; the server runs the requests of a connection
+//!   concurrently, and every connection in its own task, so a slow or
+//!   stalled peer only ever delays itself.
+//! * Frames are read with the core's [`AsyncFrameReader`](tether_proto::io::AsyncFrameReader)
+//!   (bodies go straight from the socket into the caller's buffer) and
+//!   written by [`conn::Writer`], the one place every outgoing frame passes
+//!   (where per-frame sealing will be slotted in).
+//! * File transfers stream in constant memory through a small pool of
+//!   chunk buffers, hashing with SHA-256 on a blocking thread while the
+//!   network side sends or receives: never a second pass.
+//! * Files are confined to the served root with `cap-std`.
+//!
+//! Errors are [`Error`] (for clients) and [`server::ReqError`] (what a request
+//! answers); every message says what to do next.
+
+pub mod addr;
+pub mod client;
+pub mod conn;
+pub mod error;
+pub mod pool;
+pub mod progress;
+pub mod server;
+pub mod timefmt;
+
+pub use error::Error;
+
+/// This software's name and version, sent as the handshake agent.
+pub const AGENT: &str = concat!("tether/", env!("CARGO_PKG_VERSION"));
+
+/// Suffix of partial files: `LOCAL.tether-part` on a client,
+/// `.NAME.tether-part` beside the destination on a server.
+pub const PART_SUFFIX: &str = ".tether-part";

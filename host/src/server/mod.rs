@@ -1,0 +1,1057 @@
+//! `tether serve`: the protocol over TCP and the datagram services over UDP
+//! on the same port.
+//!
+//! Every connection runs in its own task and every request (exec, stat,
+//! list, get, put, remove) in its own task within it, so a slow or stalled
+//! client only ever delays itself. A connection's frames are read by one
+//! loop that dispatches them: requests start tasks, `Data`/`Done` of a Put
+//! go to that upload's channel, `Cancel` trips the target's cancel flag.
+//!
+//! Shutdown (Ctrl-C / SIGTERM): stop accepting, refuse new requests with
+//! BUSY, cancel running commands, let transfers in flight finish within the
+//! grace period; whatever is cut off stays resumable (a Put's partial is
+//! kept beside its destination, a Get's on the client).
+
+pub mod exec;
+pub mod files;
+pub mod udp;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::Digest as _;
+use tether_proto::handshake::{negotiate, ServerPolicy};
+use tether_proto::{Caps, Digest, ErrorCode, Message};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::conn::{Incoming, Msg, OwnedCommand, ReadError, Reader, Writer};
+use crate::pool::{Chunk, Pool, Returner};
+use files::{RelPath, Root};
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Directory the files are confined to (and commands run in).
+    pub root: PathBuf,
+    /// Whether Exec is served.
+    pub allow_exec: bool,
+    /// Most connections served at once; more are refused with BUSY.
+    pub max_connections: usize,
+    /// Time a new connection has to send Hello.
+    pub handshake_timeout: Duration,
+    /// An idle connection (no request in flight, no frame) is closed after
+    /// this; also the longest a peer may refuse to accept data.
+    pub idle_timeout: Duration,
+    /// How long transfers in flight may go on after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+/// Most requests in flight on one connection.
+pub const MAX_REQUESTS: usize = 64;
+
+/// Why a request failed: the code and text of its Error reply.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message} ({code})")]
+pub struct ReqError {
+    /// The code.
+    pub code: ErrorCode,
+    /// The text.
+    pub message: String,
+}
+
+impl ReqError {
+    /// An error.
+    pub fn new(code: ErrorCode, message: String) -> Self {
+        ReqError { code, message }
+    }
+    /// The connection failed while answering.
+    pub fn lost(e: io::Error) -> Self {
+        ReqError::new(ErrorCode::IO, format!("connection lost: {e}"))
+    }
+    fn cancelled() -> Self {
+        ReqError::new(ErrorCode::CANCELLED, "cancelled".into())
+    }
+    fn internal(what: &str) -> Self {
+        ReqError::new(ErrorCode::INTERNAL, format!("internal error: {what}"))
+    }
+}
+
+/// The sockets a server listens on.
+#[derive(Debug)]
+pub struct Bound {
+    tcp: TcpListener,
+    udp: UdpSocket,
+}
+
+impl Bound {
+    /// The address both sockets are bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Bind TCP and UDP on `addr` (port 0 picks one port free for both).
+pub async fn bind(addr: SocketAddr) -> io::Result<Bound> {
+    let mut last = None;
+    for _ in 0..50 {
+        let tcp = TcpListener::bind(addr).await?;
+        let at = tcp.local_addr()?;
+        match UdpSocket::bind(at).await {
+            Ok(udp) => return Ok(Bound { tcp, udp }),
+            Err(e) if addr.port() == 0 && e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no port free for both TCP and UDP")))
+}
+
+struct Ctx {
+    cfg: ServerConfig,
+    root: Root,
+    uploads: Mutex<HashSet<String>>,
+}
+
+/// Marks a destination as being uploaded to, for the guard's lifetime.
+struct UploadClaim {
+    ctx: Arc<Ctx>,
+    path: String,
+}
+
+impl Drop for UploadClaim {
+    fn drop(&mut self) {
+        if let Ok(mut u) = self.ctx.uploads.lock() {
+            u.remove(&self.path);
+        }
+    }
+}
+
+fn claim(ctx: &Arc<Ctx>, path: &RelPath) -> Result<UploadClaim, ReqError> {
+    let mut u = ctx
+        .uploads
+        .lock()
+        .map_err(|_| ReqError::internal("upload table poisoned"))?;
+    if !u.insert(path.0.clone()) {
+        return Err(ReqError::new(
+            ErrorCode::BUSY,
+            format!("another upload to '{}' is in progress", path.0),
+        ));
+    }
+    Ok(UploadClaim {
+        ctx: ctx.clone(),
+        path: path.0.clone(),
+    })
+}
+
+/// Serve until `shutdown` completes, then drain as described in the module docs.
+pub async fn serve(
+    cfg: ServerConfig,
+    bound: Bound,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let root = Root::open(&cfg.root).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot open root directory '{}': {e}", cfg.root.display()),
+        )
+    })?;
+    let addr = bound.local_addr()?;
+    info!(
+        "serving {} on {addr} (tcp and udp), exec {}",
+        root.path().display(),
+        if cfg.allow_exec {
+            "enabled"
+        } else {
+            "disabled"
+        }
+    );
+    let ctx = Arc::new(Ctx {
+        root,
+        uploads: Mutex::new(HashSet::new()),
+        cfg,
+    });
+    let (sd_tx, sd_rx) = watch::channel(false);
+    let udp = tokio::spawn(udp::serve(Arc::new(bound.udp), sd_rx.clone()));
+    let limit = Arc::new(Semaphore::new(ctx.cfg.max_connections));
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            r = bound.tcp.accept() => match r {
+                Ok((stream, peer)) => match limit.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let (ctx, sd) = (ctx.clone(), sd_rx.clone());
+                        conns.spawn(async move {
+                            connection(ctx, stream, peer, sd).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        warn!("{peer} refused: {} connections already", ctx.cfg.max_connections);
+                        conns.spawn(refuse_busy(stream));
+                    }
+                },
+                Err(e) => {
+                    // Out of descriptors, say: back off instead of spinning.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    drop(bound.tcp);
+    let n = conns.len();
+    info!(
+        "shutting down: {n} connection(s) open, waiting up to {:?} for transfers in flight",
+        ctx.cfg.shutdown_grace
+    );
+    let _ = sd_tx.send(true);
+    let all_done = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(ctx.cfg.shutdown_grace, all_done)
+        .await
+        .is_err()
+    {
+        warn!("grace period over: closing the remaining connections (partial uploads are kept for resuming)");
+        conns.shutdown().await;
+    }
+    let _ = udp.await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn refuse_busy(stream: TcpStream) {
+    let (rd, wr) = stream.into_split();
+    let w = Writer::new(wr, Duration::from_secs(5));
+    let _ = w
+        .send_error(
+            0,
+            ErrorCode::BUSY,
+            "the server has reached its connection limit; try again later",
+        )
+        .await;
+    let mut r = Reader::new(rd);
+    close(&w, &mut r).await;
+}
+
+/// Close politely: stop sending, then read (and drop) what the peer still
+/// sends for a moment, so the last frame is not lost to a reset.
+async fn close(w: &Writer, r: &mut Reader) {
+    w.shutdown().await;
+    r.drain(Duration::from_secs(2)).await;
+}
+
+async fn connection(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, sd: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let started = Instant::now();
+    let (rd, wr) = stream.into_split();
+    let mut reader = Reader::new(rd);
+    let writer = Writer::new(wr, ctx.cfg.idle_timeout);
+    let (hello, chunk) = match handshake(&ctx, &mut reader, &writer, peer).await {
+        Ok(h) => h,
+        Err(e) => {
+            info!(%peer, "connection refused: {e}");
+            close(&writer, &mut reader).await;
+            return;
+        }
+    };
+    debug!(%peer, agent = %hello, "connected");
+    // Authentication (AUTH_PSK) slots in here, before any request is read.
+    let mut conn = Conn {
+        ctx,
+        peer,
+        writer,
+        chunk,
+        reqs: HashMap::new(),
+        uploads: HashMap::new(),
+        tasks: JoinSet::new(),
+        done: mpsc::unbounded_channel(),
+        draining: false,
+    };
+    let why = conn.run(&mut reader, sd).await;
+    for r in conn.reqs.values() {
+        let _ = r.cancel.send(true);
+    }
+    conn.uploads.clear();
+    while conn.tasks.join_next().await.is_some() {}
+    debug!(%peer, "closing after {:.1?}: {why}", started.elapsed());
+    close(&conn.writer, &mut reader).await;
+}
+
+async fn handshake(
+    ctx: &Ctx,
+    reader: &mut Reader,
+    writer: &Writer,
+    peer: SocketAddr,
+) -> Result<(String, usize), String> {
+    let first = tokio::time::timeout(ctx.cfg.handshake_timeout, reader.next()).await;
+    let inc = match first {
+        Err(_) => {
+            let msg = format!("no Hello within {:?}; closing", ctx.cfg.handshake_timeout);
+            let _ = writer.send_error(0, ErrorCode::TIMEOUT, &msg).await;
+            return Err(msg);
+        }
+        Ok(Err(ReadError::Decode(e))) => {
+            let msg = format!("not a tether frame: {e}");
+            let _ = writer.send_error(0, e.code(), &msg).await;
+            return Err(msg);
+        }
+        Ok(Err(ReadError::Header { err, .. })) => {
+            let msg = format!("invalid Hello: {err}");
+            let _ = writer
+                .send_error(err.request_id.unwrap_or(0), err.code(), &msg)
+                .await;
+            return Err(msg);
+        }
+        Ok(Err(e)) => return Err(format!("closed before Hello: {e}")),
+        Ok(Ok(inc)) => inc,
+    };
+    let hello = match inc.msg {
+        Msg::Hello(h) if inc.body_len == 0 => h,
+        other => {
+            let msg = format!("expected Hello as the first frame, got {}", other.name());
+            let _ = writer.send_error(0, ErrorCode::UNEXPECTED, &msg).await;
+            return Err(msg);
+        }
+    };
+    let mut caps = Caps::FILES.union(Caps::WRITE);
+    if ctx.cfg.allow_exec {
+        caps = caps.union(Caps::EXEC).union(Caps::SHELL);
+    }
+    let policy = ServerPolicy {
+        max_header: tether_proto::HOST_MAX_HEADER,
+        max_chunk: tether_proto::HOST_MAX_CHUNK,
+        caps,
+    };
+    let nonce: [u8; 16] = rand::random();
+    let ack = match negotiate(&hello.as_hello(), &policy, nonce, crate::AGENT) {
+        Ok(a) => a,
+        Err(e) => {
+            let msg = format!("handshake refused: {e}");
+            let _ = writer.send_error(0, e.code(), &msg).await;
+            return Err(msg);
+        }
+    };
+    writer
+        .send(0, Message::HelloAck(ack.clone()), &[])
+        .await
+        .map_err(|e| format!("sending HelloAck failed: {e}"))?;
+    reader.set_limits(ack.max_header, ack.max_chunk);
+    writer.set_max_header(ack.max_header).await;
+    let _ = peer;
+    Ok((hello.agent, ack.max_chunk as usize))
+}
+
+struct Req {
+    cancel: watch::Sender<bool>,
+    is_exec: bool,
+}
+
+/// What the connection loop hands an upload's blocking writer.
+enum UpMsg {
+    Data(Chunk),
+    Done { bytes: u64, sha256: Option<Digest> },
+}
+
+struct Upload {
+    tx: mpsc::Sender<UpMsg>,
+    pool: Pool,
+}
+
+struct Conn {
+    ctx: Arc<Ctx>,
+    peer: SocketAddr,
+    writer: Writer,
+    chunk: usize,
+    reqs: HashMap<u32, Req>,
+    uploads: HashMap<u32, Upload>,
+    tasks: JoinSet<()>,
+    done: (mpsc::UnboundedSender<u32>, mpsc::UnboundedReceiver<u32>),
+    draining: bool,
+}
+
+/// What a finished request reports for the log: result text and bytes.
+type Outcome = Result<(String, u64), ReqError>;
+
+/// Resolves once the request is cancelled (or its connection is gone).
+async fn cancelled(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Conn {
+    async fn run(&mut self, reader: &mut Reader, mut sd: watch::Receiver<bool>) -> String {
+        let idle = self.ctx.cfg.idle_timeout;
+        loop {
+            if self.draining && self.reqs.is_empty() {
+                return "server shutting down".into();
+            }
+            let r = tokio::select! {
+                biased;
+                Some(id) = self.done.1.recv() => {
+                    self.reqs.remove(&id);
+                    self.uploads.remove(&id);
+                    continue;
+                }
+                r = sd.changed(), if !self.draining => {
+                    let _ = r;
+                    self.draining = true;
+                    for r in self.reqs.values().filter(|r| r.is_exec) {
+                        let _ = r.cancel.send(true);
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep(idle), if self.reqs.is_empty() => {
+                    let msg = format!("idle for {idle:?}; closing (reconnect to go on)");
+                    let _ = self.writer.send_error(0, ErrorCode::TIMEOUT, &msg).await;
+                    return msg;
+                }
+                r = reader.next() => r,
+            };
+            let inc = match r {
+                Ok(inc) => inc,
+                Err(ReadError::Header { err, .. }) => {
+                    let id = err.request_id.unwrap_or(0);
+                    let msg = format!("frame refused: {err}");
+                    debug!(peer = %self.peer, "{msg}");
+                    if self.writer.send_error(id, err.code(), &msg).await.is_err() {
+                        return "connection lost".into();
+                    }
+                    continue;
+                }
+                Err(ReadError::Decode(e)) => {
+                    let msg = format!("{e}; closing the connection");
+                    let _ = self.writer.send_error(0, e.code(), &msg).await;
+                    return msg;
+                }
+                Err(e) => return e.to_string(),
+            };
+            if let Err(e) = self.dispatch(reader, inc).await {
+                return e;
+            }
+        }
+    }
+
+    /// Handle one frame; `Err` ends the connection.
+    async fn dispatch(&mut self, reader: &mut Reader, inc: Incoming) -> Result<(), String> {
+        let Incoming { id, msg, body_len } = inc;
+        let lost = |e: io::Error| format!("connection lost: {e}");
+        if body_len > 0 && !msg.has_body() {
+            let m = format!("{} frames carry no body", msg.name());
+            return self
+                .writer
+                .send_error(id, ErrorCode::UNEXPECTED, &m)
+                .await
+                .map_err(lost);
+        }
+        let peer = self.peer;
+        match msg {
+            Msg::Ping { stamp } => {
+                self.writer
+                    .send(id, Message::Pong { stamp }, &[])
+                    .await
+                    .map_err(lost)?;
+                info!(%peer, req = id, op = "ping", result = "ok", bytes = 0u64, secs = 0.0);
+            }
+            Msg::Echo { text } => {
+                let up = text.to_ascii_uppercase();
+                self.writer
+                    .send(id, Message::EchoReply { text: &up }, &[])
+                    .await
+                    .map_err(lost)?;
+                info!(%peer, req = id, op = "echo", result = "ok", bytes = up.len() as u64, secs = 0.0);
+            }
+            Msg::Time { format } => {
+                let r = match crate::timefmt::now(&format) {
+                    Ok((unix_ms, text)) => {
+                        self.writer
+                            .send(
+                                id,
+                                Message::TimeReply {
+                                    unix_ms,
+                                    text: &text,
+                                },
+                                &[],
+                            )
+                            .await
+                    }
+                    Err(m) => {
+                        self.writer
+                            .send_error(id, ErrorCode::INVALID_HEADER, &m)
+                            .await
+                    }
+                };
+                r.map_err(lost)?;
+                info!(%peer, req = id, op = "time", result = "ok", bytes = 0u64, secs = 0.0);
+            }
+            Msg::Cancel { target } => {
+                if let Some(r) = self.reqs.get(&target) {
+                    let _ = r.cancel.send(true);
+                }
+                // An upload stops receiving at once; its task answers CANCELLED.
+                self.uploads.remove(&target);
+            }
+            Msg::Data => {
+                let Some(up) = self.uploads.get_mut(&id) else {
+                    // A finished or cancelled upload: drop the body (read skips it).
+                    return Ok(());
+                };
+                let mut buf = up.pool.take();
+                let want = (body_len as usize).min(buf.len());
+                let n = reader
+                    .body_exact(&mut buf[..want])
+                    .await
+                    .map_err(|e| format!("reading data: {e}"))?;
+                if up
+                    .tx
+                    .send(UpMsg::Data(Chunk { buf, len: n }))
+                    .await
+                    .is_err()
+                {
+                    self.uploads.remove(&id);
+                }
+            }
+            Msg::Done { bytes, sha256 } => {
+                if let Some(up) = self.uploads.remove(&id) {
+                    let _ = up.tx.send(UpMsg::Done { bytes, sha256 }).await;
+                }
+            }
+            Msg::Exec { .. }
+            | Msg::Stat { .. }
+            | Msg::List { .. }
+            | Msg::Get { .. }
+            | Msg::Put { .. }
+            | Msg::Remove { .. } => {
+                let refuse = if id == 0 {
+                    Some((
+                        ErrorCode::BAD_REQUEST_ID,
+                        "request id 0 is reserved; number requests from 1".to_string(),
+                    ))
+                } else if self.reqs.contains_key(&id) {
+                    Some((
+                        ErrorCode::BAD_REQUEST_ID,
+                        format!("request id {id} is already in use on this connection"),
+                    ))
+                } else if self.draining {
+                    Some((
+                        ErrorCode::BUSY,
+                        "the server is shutting down; try again later".to_string(),
+                    ))
+                } else if self.reqs.len() >= MAX_REQUESTS {
+                    Some((
+                        ErrorCode::BUSY,
+                        format!(
+                            "too many requests in flight on this connection (limit {MAX_REQUESTS})"
+                        ),
+                    ))
+                } else {
+                    None
+                };
+                if let Some((code, m)) = refuse {
+                    info!(%peer, req = id, op = msg.name(), result = %m, bytes = 0u64, secs = 0.0);
+                    return self.writer.send_error(id, code, &m).await.map_err(lost);
+                }
+                self.start(id, msg);
+            }
+            other => {
+                let m = format!("{} is not a request a client may send", other.name());
+                self.writer
+                    .send_error(id, ErrorCode::UNEXPECTED, &m)
+                    .await
+                    .map_err(lost)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Start a request task.
+    fn start(&mut self, id: u32, msg: Msg) {
+        let (cancel_tx, cancel) = watch::channel(false);
+        let ctx = self.ctx.clone();
+        let w = self.writer.clone();
+        let chunk = self.chunk;
+        let is_exec = matches!(msg, Msg::Exec { .. });
+        let (op, fut): (
+            String,
+            std::pin::Pin<Box<dyn Future<Output = Outcome> + Send>>,
+        ) = match msg {
+            Msg::Exec {
+                command,
+                timeout_ms,
+            } => {
+                let op = match &command {
+                    OwnedCommand::Argv(a) => format!("exec {a:?}"),
+                    OwnedCommand::Shell(s) => format!("exec --shell {s:?}"),
+                };
+                (
+                    op,
+                    Box::pin(do_exec(
+                        ctx,
+                        w.clone(),
+                        id,
+                        command,
+                        timeout_ms,
+                        chunk,
+                        cancel,
+                    )),
+                )
+            }
+            Msg::Stat { path } => (
+                format!("stat {path:?}"),
+                Box::pin(do_stat(ctx, w.clone(), id, path)),
+            ),
+            Msg::List { path } => (
+                format!("ls {path:?}"),
+                Box::pin(do_list(ctx, w.clone(), id, path, cancel)),
+            ),
+            Msg::Remove { path } => (
+                format!("rm {path:?}"),
+                Box::pin(do_remove(ctx, w.clone(), id, path)),
+            ),
+            Msg::Get { path, offset } => (
+                format!("get {path:?} from {offset}"),
+                Box::pin(do_get(ctx, w.clone(), id, path, offset, chunk, cancel)),
+            ),
+            Msg::Put {
+                path,
+                size,
+                force,
+                resume,
+            } => {
+                let (tx, rx) = mpsc::channel(4);
+                let pool = Pool::new(chunk);
+                let ret = pool.returner();
+                self.uploads.insert(id, Upload { tx, pool });
+                (
+                    format!(
+                        "put {path:?} ({size} bytes{}{})",
+                        if force { ", force" } else { "" },
+                        if resume { ", resume" } else { "" }
+                    ),
+                    Box::pin(do_put(
+                        ctx,
+                        w.clone(),
+                        id,
+                        path,
+                        size,
+                        force,
+                        resume,
+                        rx,
+                        ret,
+                        cancel,
+                    )),
+                )
+            }
+            other => {
+                let m = other.name().to_string();
+                (
+                    m.clone(),
+                    Box::pin(async move { Err(ReqError::internal(&m)) }),
+                )
+            }
+        };
+        self.reqs.insert(
+            id,
+            Req {
+                cancel: cancel_tx,
+                is_exec,
+            },
+        );
+        let done = self.done.0.clone();
+        let peer = self.peer;
+        self.tasks.spawn(async move {
+            let t0 = Instant::now();
+            let r = fut.await;
+            let secs = t0.elapsed().as_secs_f64();
+            match r {
+                Ok((result, bytes)) => {
+                    info!(%peer, req = id, %op, %result, bytes, secs);
+                }
+                Err(e) => {
+                    let _ = w.send_error(id, e.code, &e.message).await;
+                    let result = format!("error {}: {}", e.code.name().unwrap_or("?"), e.message);
+                    info!(%peer, req = id, %op, %result, bytes = 0u64, secs);
+                }
+            }
+            let _ = done.send(id);
+        });
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ReqError> + Send + 'static,
+) -> Result<T, ReqError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ReqError::internal("file task failed"))?
+}
+
+async fn do_exec(
+    ctx: Arc<Ctx>,
+    w: Writer,
+    id: u32,
+    command: OwnedCommand,
+    timeout_ms: Option<u32>,
+    chunk: usize,
+    cancel: watch::Receiver<bool>,
+) -> Outcome {
+    if !ctx.cfg.allow_exec {
+        return Err(ReqError::new(
+            ErrorCode::EXEC_DISABLED,
+            "exec is disabled on this server (its operator can enable it with `tether serve --allow-exec`)".into(),
+        ));
+    }
+    let (status, bytes) =
+        exec::run(&w, id, &command, timeout_ms, ctx.root.path(), chunk, cancel).await?;
+    w.send(id, Message::Exit { status }, &[])
+        .await
+        .map_err(ReqError::lost)?;
+    Ok((format!("exit {status:?}"), bytes))
+}
+
+async fn do_stat(ctx: Arc<Ctx>, w: Writer, id: u32, path: String) -> Outcome {
+    let rel = files::check_path(&path, false)?;
+    let e = blocking(move || files::stat(&ctx.root, &rel)).await?;
+    w.send(id, Message::StatReply(e.as_entry()), &[])
+        .await
+        .map_err(ReqError::lost)?;
+    Ok(("ok".into(), 0))
+}
+
+async fn do_remove(ctx: Arc<Ctx>, w: Writer, id: u32, path: String) -> Outcome {
+    let rel = files::check_path(&path, true)?;
+    blocking(move || files::remove(&ctx.root, &rel)).await?;
+    w.send(
+        id,
+        Message::Done {
+            bytes: 0,
+            sha256: None,
+        },
+        &[],
+    )
+    .await
+    .map_err(ReqError::lost)?;
+    Ok(("removed".into(), 0))
+}
+
+async fn do_list(
+    ctx: Arc<Ctx>,
+    w: Writer,
+    id: u32,
+    path: String,
+    mut cancel: watch::Receiver<bool>,
+) -> Outcome {
+    let rel = files::check_path(&path, false)?;
+    let (tx, mut rx) = mpsc::channel(64);
+    let lister = tokio::task::spawn_blocking(move || {
+        files::list(&ctx.root, &rel, |e| tx.blocking_send(e).is_ok())
+    });
+    let mut sent = 0u64;
+    loop {
+        let e = tokio::select! {
+            e = rx.recv() => e,
+            _ = cancelled(&mut cancel) => return Err(ReqError::cancelled()),
+        };
+        let Some(e) = e else { break };
+        w.send(id, Message::ListEntry(e.as_entry()), &[])
+            .await
+            .map_err(ReqError::lost)?;
+        sent += 1;
+    }
+    let n = lister
+        .await
+        .map_err(|_| ReqError::internal("list task failed"))??;
+    debug_assert!(n >= sent);
+    w.send(
+        id,
+        Message::Done {
+            bytes: sent,
+            sha256: None,
+        },
+        &[],
+    )
+    .await
+    .map_err(ReqError::lost)?;
+    Ok((format!("{sent} entries"), 0))
+}
+
+/// What a Get's reader thread sends.
+enum FromFile {
+    Chunk(Chunk),
+    End(Digest),
+    Fail(ReqError),
+}
+
+struct GetStart {
+    size: u64,
+    modified: u64,
+    offset: u64,
+    prefix: Option<Digest>,
+}
+
+async fn do_get(
+    ctx: Arc<Ctx>,
+    w: Writer,
+    id: u32,
+    path: String,
+    offset: u64,
+    chunk: usize,
+    mut cancel: watch::Receiver<bool>,
+) -> Outcome {
+    let rel = files::check_path(&path, true)?;
+    let (info_tx, info_rx) = oneshot::channel::<Result<GetStart, ReqError>>();
+    let (tx, mut rx) = mpsc::channel::<FromFile>(4);
+    let pool = Pool::new(chunk);
+    let ret = pool.returner();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let mut gf = match files::open_get(&ctx.root, &rel) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = info_tx.send(Err(e));
+                return;
+            }
+        };
+        let start = if offset <= gf.size { offset } else { 0 };
+        let mut buf = pool.take();
+        let hasher = match files::hash_prefix(&mut gf.file, start, &mut buf) {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = info_tx.send(Err(files::io_error(&e, &rel.0)));
+                return;
+            }
+        };
+        let mut hasher = hasher;
+        let prefix = (start > 0).then(|| hasher.clone().finalize().into());
+        let _ = info_tx.send(Ok(GetStart {
+            size: gf.size,
+            modified: gf.modified,
+            offset: start,
+            prefix,
+        }));
+        let mut left = gf.size - start;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let mut have = 0;
+            while have < want {
+                match gf.file.read(&mut buf[have..want]) {
+                    Ok(0) => break,
+                    Ok(n) => have += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = tx.blocking_send(FromFile::Fail(files::io_error(&e, &rel.0)));
+                        return;
+                    }
+                }
+            }
+            if have < want {
+                let _ = tx.blocking_send(FromFile::Fail(ReqError::new(
+                    ErrorCode::IO,
+                    format!("'{}' shrank while being sent; try again", rel.0),
+                )));
+                return;
+            }
+            hasher.update(&buf[..have]);
+            left -= have as u64;
+            let full = std::mem::replace(&mut buf, Vec::new());
+            if tx
+                .blocking_send(FromFile::Chunk(Chunk {
+                    buf: full,
+                    len: have,
+                }))
+                .is_err()
+            {
+                return;
+            }
+            buf = pool.take();
+        }
+        let _ = tx.blocking_send(FromFile::End(hasher.finalize().into()));
+    });
+    let info = info_rx
+        .await
+        .map_err(|_| ReqError::internal("reader thread ended"))??;
+    w.send(
+        id,
+        Message::FileInfo {
+            size: info.size,
+            modified: info.modified,
+            offset: info.offset,
+            prefix_sha256: info.prefix,
+        },
+        &[],
+    )
+    .await
+    .map_err(ReqError::lost)?;
+    let mut sent = 0u64;
+    loop {
+        let m = tokio::select! {
+            biased;
+            _ = cancelled(&mut cancel) => return Err(ReqError::cancelled()),
+            m = rx.recv() => m,
+        };
+        match m {
+            Some(FromFile::Chunk(c)) => {
+                w.send(id, Message::Data, c.bytes())
+                    .await
+                    .map_err(ReqError::lost)?;
+                sent += c.len as u64;
+                ret.give(c.buf);
+            }
+            Some(FromFile::End(d)) => {
+                w.send(
+                    id,
+                    Message::Done {
+                        bytes: info.size,
+                        sha256: Some(d),
+                    },
+                    &[],
+                )
+                .await
+                .map_err(ReqError::lost)?;
+                let how = if info.offset > 0 {
+                    format!("ok, resumed at {}, sha256 {}", info.offset, hex::encode(d))
+                } else {
+                    format!("ok, sha256 {}", hex::encode(d))
+                };
+                return Ok((how, sent));
+            }
+            Some(FromFile::Fail(e)) => return Err(e),
+            None => return Err(ReqError::internal("reader thread ended")),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn do_put(
+    ctx: Arc<Ctx>,
+    w: Writer,
+    id: u32,
+    path: String,
+    size: u64,
+    force: bool,
+    resume: bool,
+    mut rx: mpsc::Receiver<UpMsg>,
+    ret: Returner,
+    cancel: watch::Receiver<bool>,
+) -> Outcome {
+    let rel = files::check_path(&path, true)?;
+    let _claim = claim(&ctx, &rel)?;
+    let ctx2 = ctx.clone();
+    let rel2 = rel.clone();
+    let mut target =
+        blocking(move || files::open_put(&ctx2.root, &rel2, size, force, resume)).await?;
+    let start = target.offset;
+    let prefix = (start > 0).then(|| target.hasher.clone().finalize().into());
+    w.send(
+        id,
+        Message::PutReady {
+            offset: start,
+            prefix_sha256: prefix,
+        },
+        &[],
+    )
+    .await
+    .map_err(ReqError::lost)?;
+    // The blocking side hashes and writes every chunk the connection hands it.
+    let shown = rel.0.clone();
+    let (target, end) = tokio::task::spawn_blocking(move || {
+        while let Some(m) = rx.blocking_recv() {
+            match m {
+                UpMsg::Data(c) => {
+                    if target.offset + c.len as u64 > size {
+                        let e = ReqError::new(
+                            ErrorCode::BAD_LENGTH,
+                            format!("more data than the announced {size} bytes"),
+                        );
+                        return (target, Err(e));
+                    }
+                    if let Err(e) = target.write(c.bytes()) {
+                        let e = files::io_error(&e, &shown);
+                        return (target, Err(e));
+                    }
+                    ret.give(c.buf);
+                }
+                UpMsg::Done { bytes, sha256 } => return (target, Ok(Some((bytes, sha256)))),
+            }
+        }
+        (target, Ok(None))
+    })
+    .await
+    .map_err(|_| ReqError::internal("writer thread failed"))?;
+    let received = target.offset - start;
+    let (bytes, sha256) = match end {
+        Err(e) => {
+            if e.code == ErrorCode::BAD_LENGTH {
+                let _ = tokio::task::spawn_blocking(move || target.discard()).await;
+            }
+            return Err(e);
+        }
+        Ok(None) => {
+            let _ = target.file.sync_data();
+            return Err(if *cancel.borrow() {
+                ReqError::new(
+                    ErrorCode::CANCELLED,
+                    format!("cancelled; {} bytes kept for resuming", target.offset),
+                )
+            } else {
+                ReqError::lost(io::Error::other(format!(
+                    "upload interrupted; {} bytes kept for resuming",
+                    target.offset
+                )))
+            });
+        }
+        Ok(Some(d)) => d,
+    };
+    let digest: Digest = target.hasher.clone().finalize().into();
+    if bytes != size || target.offset != size {
+        let have = target.offset;
+        let _ = tokio::task::spawn_blocking(move || target.discard()).await;
+        return Err(ReqError::new(
+            ErrorCode::BAD_LENGTH,
+            format!("announced {size} bytes, Done says {bytes}, received {have}; the partial was discarded, send it again"),
+        ));
+    }
+    if sha256 != Some(digest) {
+        let _ = tokio::task::spawn_blocking(move || target.discard()).await;
+        return Err(ReqError::new(
+            ErrorCode::DIGEST_MISMATCH,
+            format!(
+                "the data received hashes to {}, the client announced {}; nothing was stored, send it again",
+                hex::encode(digest),
+                sha256.map(hex::encode).unwrap_or_else(|| "no digest".into())
+            ),
+        ));
+    }
+    let shown = rel.0.clone();
+    blocking(move || target.commit(force, &shown)).await?;
+    w.send(
+        id,
+        Message::Done {
+            bytes: size,
+            sha256: Some(digest),
+        },
+        &[],
+    )
+    .await
+    .map_err(ReqError::lost)?;
+    let how = if start > 0 {
+        format!("ok, resumed at {start}, sha256 {}", hex::encode(digest))
+    } else {
+        format!("ok, sha256 {}", hex::encode(digest))
+    };
+    Ok((how, received))
+}
