@@ -35,6 +35,7 @@ extern crate std;
 extern crate alloc;
 
 pub mod codec;
+pub mod device;
 pub mod handshake;
 pub mod io;
 pub mod message;

@@ -1,0 +1,948 @@
+//! Session, datagram and command tests: bytes in, bytes out, no network.
+
+extern crate std;
+
+use std::string::String;
+use std::vec;
+use std::vec::Vec;
+
+use sha2::{Digest as _, Sha256};
+
+use super::commands::{Cmd, Ctx, Output, Table};
+use super::*;
+use crate::codec::{encode_frame, Decoder, Event as DecEvent, Limits};
+use crate::message::{Argv, Caps, Command, ErrorCode, Exec, ExitStatus, Header, Hello, Message};
+
+const NOW_UNIX: u64 = 1_795_355_107_000; // 2026-11-22T13:45:07Z
+
+fn greet(_: &mut u32, _: &mut Ctx<'_>, args: &[&str], out: &mut Output<'_>) -> i32 {
+    use core::fmt::Write;
+    let _ = writeln!(out, "hi {}", args.get(1).unwrap_or(&"there"));
+    let _ = write!(out.err(), "warned");
+    3
+}
+
+fn flood(_: &mut u32, _: &mut Ctx<'_>, _: &[&str], out: &mut Output<'_>) -> i32 {
+    for _ in 0..1000 {
+        out.write(false, b"0123456789");
+    }
+    0
+}
+
+static CMDS: [Cmd<u32>; 2] = [
+    Cmd {
+        name: "greet",
+        usage: "greet [NAME]  say hello",
+        run: greet,
+    },
+    Cmd {
+        name: "flood",
+        usage: "flood  too much output",
+        run: flood,
+    },
+];
+
+type Dev = Device<RamStore<Vec<u8>, 4>, OffsetClock, Table<'static, u32>>;
+
+struct T {
+    dev: Dev,
+    s: Session<Vec<u8>>,
+    now: u64,
+    /// Bytes the session produced and the test has not decoded yet.
+    out: Vec<u8>,
+    /// Largest poll_transmit buffer offered at a time.
+    tx_step: usize,
+    /// Largest input slice offered at a time.
+    rx_step: usize,
+}
+
+type Frames = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn enc(h: Header<'_>, body: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; 64 + 1024 + body.len()];
+    let n = encode_frame(&h, body, &mut b).unwrap().len();
+    b.truncate(n);
+    b
+}
+
+fn hello_frame(version: u8) -> Vec<u8> {
+    enc(
+        Header::new(
+            0,
+            Message::Hello(Hello {
+                version,
+                max_header: 8192,
+                max_chunk: 256 * 1024,
+                caps: Caps::empty(),
+                nonce: [1; 16],
+                agent: "test/0",
+            }),
+        ),
+        &[],
+    )
+}
+
+impl T {
+    fn new(store_bytes: usize) -> T {
+        let table = Table {
+            state: 0u32,
+            commands: &CMDS,
+        };
+        let mut dev = Device::new(
+            Config::DEFAULT,
+            RamStore::new(vec![0; store_bytes]),
+            OffsetClock {
+                offset_ms: NOW_UNIX,
+            },
+            table,
+            0,
+        );
+        let mut s = Session::new(vec![0; 512], vec![0; 640], vec![0; 512]);
+        s.handle_accept(&mut dev, [9; 16], 0);
+        T {
+            dev,
+            s,
+            now: 0,
+            out: Vec::new(),
+            tx_step: 4096,
+            rx_step: 1 << 20,
+        }
+    }
+
+    /// A session past Hello.
+    fn open(store_bytes: usize) -> T {
+        let mut t = T::new(store_bytes);
+        t.send(&hello_frame(1));
+        let f = t.recv();
+        assert_eq!(f.len(), 1);
+        assert!(matches!(head(&f[0]).message, Message::HelloAck(_)));
+        t
+    }
+
+    fn drain(&mut self) -> bool {
+        let mut buf = vec![0u8; self.tx_step];
+        let n = self.s.poll_transmit(&mut self.dev, &mut buf, self.now);
+        self.out.extend_from_slice(&buf[..n]);
+        n > 0
+    }
+
+    /// Feed everything, draining output whenever the session pushes back.
+    fn send(&mut self, mut bytes: &[u8]) {
+        let mut stalls = 0;
+        while !bytes.is_empty() {
+            let step = bytes.len().min(self.rx_step);
+            let n = self.s.handle_bytes(&mut self.dev, &bytes[..step], self.now);
+            bytes = &bytes[n..];
+            if n < step {
+                assert!(self.drain() || n > 0, "session neither reads nor writes");
+                stalls += 1;
+                assert!(stalls < 1_000_000);
+            }
+        }
+    }
+
+    /// Everything the session has to say, decoded.
+    fn recv(&mut self) -> Frames {
+        while self.drain() {}
+        let mut hb = [0u8; 1024];
+        let mut d = Decoder::new(
+            &mut hb[..],
+            Limits {
+                max_header: 1024,
+                max_body: 1 << 20,
+            },
+        );
+        let mut frames = Vec::new();
+        let mut cur: Option<(Vec<u8>, Vec<u8>)> = None;
+        let mut input = &self.out[..];
+        loop {
+            let (n, r) = d.handle_bytes(input);
+            input = &input[n..];
+            match r.expect("the device sent an undecodable stream") {
+                Some(DecEvent::Header(f)) => cur = Some((f.header.to_vec(), Vec::new())),
+                Some(DecEvent::Body(b)) => cur.as_mut().unwrap().1.extend_from_slice(b),
+                Some(DecEvent::End { .. }) => frames.push(cur.take().unwrap()),
+                None => break,
+            }
+        }
+        assert!(cur.is_none() && d.is_idle(), "a partial frame was left");
+        self.out.clear();
+        frames
+    }
+
+    fn request(&mut self, h: Header<'_>) -> Frames {
+        self.send(&enc(h, &[]));
+        self.recv()
+    }
+
+    fn exec(&mut self, id: u32, args: &[&str]) -> (String, String, ExitStatus) {
+        let mut b = [0u8; 256];
+        let argv = Argv::join(args, &mut b).unwrap();
+        let f = self.request(Header::new(
+            id,
+            Message::Exec(Exec {
+                command: Command::Argv(argv),
+                timeout_ms: None,
+            }),
+        ));
+        exec_result(id, &f)
+    }
+
+    fn put(&mut self, id: u32, name: &str, data: &[u8], force: bool) -> Frames {
+        let f = self.request(Header::new(
+            id,
+            Message::Put {
+                path: name,
+                size: data.len() as u64,
+                force,
+                resume: false,
+            },
+        ));
+        if !matches!(head(&f[0]).message, Message::PutReady { offset: 0, .. }) {
+            return f;
+        }
+        let mut stream = Vec::new();
+        for c in data.chunks(1000) {
+            stream.extend(enc(Header::new(id, Message::Data), c));
+        }
+        let digest: [u8; 32] = Sha256::digest(data).into();
+        stream.extend(enc(
+            Header::new(
+                id,
+                Message::Done {
+                    bytes: data.len() as u64,
+                    sha256: Some(digest),
+                },
+            ),
+            &[],
+        ));
+        self.send(&stream);
+        self.recv()
+    }
+
+    fn get(&mut self, id: u32, name: &str) -> Vec<u8> {
+        let f = self.request(Header::new(
+            id,
+            Message::Get {
+                path: name,
+                offset: 0,
+            },
+        ));
+        let Message::FileInfo { size, .. } = head(&f[0]).message else {
+            panic!("{:?}", head(&f[0]))
+        };
+        let mut data = Vec::new();
+        for fr in &f[1..f.len() - 1] {
+            let h = head(fr);
+            assert_eq!((h.request_id, h.message), (id, Message::Data));
+            assert!(fr.1.len() <= 1024);
+            data.extend_from_slice(&fr.1);
+        }
+        let digest: [u8; 32] = Sha256::digest(&data).into();
+        assert_eq!(
+            head(f.last().unwrap()).message,
+            Message::Done {
+                bytes: size,
+                sha256: Some(digest)
+            }
+        );
+        data
+    }
+}
+
+fn head(f: &(Vec<u8>, Vec<u8>)) -> Header<'_> {
+    Header::parse(&f.0).unwrap()
+}
+
+fn error_of(f: &(Vec<u8>, Vec<u8>)) -> (u32, ErrorCode, String) {
+    match head(f) {
+        Header {
+            request_id,
+            message: Message::Error { code, message },
+        } => (request_id, code, message.into()),
+        h => panic!("expected an Error, got {h:?}"),
+    }
+}
+
+fn exec_result(id: u32, f: &Frames) -> (String, String, ExitStatus) {
+    let (mut o, mut e) = (String::new(), String::new());
+    for fr in &f[..f.len() - 1] {
+        let h = head(fr);
+        assert_eq!(h.request_id, id);
+        match h.message {
+            Message::Output { stream } => {
+                let s = core::str::from_utf8(&fr.1).unwrap();
+                match stream {
+                    crate::message::Stream::Stdout => o.push_str(s),
+                    crate::message::Stream::Stderr => e.push_str(s),
+                }
+            }
+            m => panic!("expected Output, got {m:?}"),
+        }
+    }
+    match head(f.last().unwrap()).message {
+        Message::Exit { status } => (o, e, status),
+        m => panic!("expected Exit, got {m:?}: {f:?}"),
+    }
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+#[test]
+fn hello_negotiates_device_limits() {
+    let mut t = T::new(1024);
+    t.send(&hello_frame(1));
+    let f = t.recv();
+    let Message::HelloAck(ack) = head(&f[0]).message else {
+        panic!()
+    };
+    assert_eq!((ack.max_header, ack.max_chunk), (512, 1024));
+    assert_eq!(ack.nonce, [9; 16]);
+    assert!(ack
+        .caps
+        .contains(Caps::EXEC.union(Caps::FILES).union(Caps::WRITE)));
+    assert!(!ack.caps.contains(Caps::AUTH_PSK));
+    assert!(!t.s.poll_close());
+    assert_eq!(t.dev.stats().connections, 1);
+}
+
+#[test]
+fn requests_before_hello_or_old_versions_are_refused_and_closed() {
+    let mut t = T::new(1024);
+    let f = t.request(Header::new(3, Message::Ping { stamp: 1 }));
+    assert_eq!(error_of(&f[0]).1, ErrorCode::UNEXPECTED);
+    assert!(t.s.poll_close());
+    // Whatever follows is ignored.
+    assert_eq!(
+        t.s.handle_bytes(&mut t.dev, &hello_frame(1), 0),
+        hello_frame(1).len()
+    );
+    assert!(t.recv().is_empty());
+
+    let mut t = T::new(1024);
+    t.send(&hello_frame(0));
+    let (id, code, _) = error_of(&t.recv()[0]);
+    assert_eq!((id, code), (0, ErrorCode::UNSUPPORTED_VERSION));
+    assert!(t.s.poll_close());
+}
+
+#[test]
+fn ping_echo_time() {
+    let mut t = T::open(1024);
+    let f = t.request(Header::new(1, Message::Ping { stamp: 77 }));
+    assert_eq!(head(&f[0]), Header::new(1, Message::Pong { stamp: 77 }));
+    let f = t.request(Header::new(
+        2,
+        Message::Echo {
+            text: "hello, wörld",
+        },
+    ));
+    assert_eq!(
+        head(&f[0]),
+        Header::new(
+            2,
+            Message::EchoReply {
+                text: "HELLO, WöRLD"
+            }
+        )
+    );
+    t.now = 1500;
+    let f = t.request(Header::new(3, Message::Time { format: "" }));
+    assert_eq!(
+        head(&f[0]).message,
+        Message::TimeReply {
+            unix_ms: NOW_UNIX + 1500,
+            text: "2026-11-22T13:45:08Z"
+        }
+    );
+    let long = "%Y".repeat(100);
+    let f = t.request(Header::new(4, Message::Time { format: &long }));
+    assert_eq!(error_of(&f[0]).1, ErrorCode::TOO_LARGE);
+}
+
+#[test]
+fn builtin_and_firmware_commands() {
+    let mut t = T::open(4096);
+    let (o, _, st) = t.exec(1, &["help"]);
+    for c in [
+        "help", "echo", "uptime", "mem", "stats", "led", "reboot", "greet",
+    ] {
+        assert!(o.contains(c), "help lacks {c}: {o}");
+    }
+    assert_eq!(st, ExitStatus::Code(0));
+    assert_eq!(t.exec(2, &["echo", "a", "b c"]).0, "a b c\n");
+    let (o, e, st) = t.exec(3, &["greet", "bob"]);
+    assert_eq!(
+        (o.as_str(), e.as_str(), st),
+        ("hi bob\n", "warned", ExitStatus::Code(3))
+    );
+
+    assert_eq!(t.dev.poll_event(), None);
+    assert_eq!(t.exec(4, &["led", "on"]).0, "led on\n");
+    assert_eq!(t.dev.poll_event(), Some(Event::Led(true)));
+    assert!(t.dev.led());
+    let (_, e, st) = t.exec(5, &["led", "blink"]);
+    assert_eq!(
+        (e.as_str(), st),
+        ("usage: led [on|off|toggle]\n", ExitStatus::Code(2))
+    );
+
+    t.now = 90_061_001;
+    let o = t.exec(6, &["uptime"]).0;
+    assert!(
+        o.starts_with("up 1d 01:01:01.001 (90061001 ms), now 2026-11-23T"),
+        "{o}"
+    );
+    let o = t.exec(7, &["mem"]).0;
+    assert!(o.contains("header buffer 512 B, tx buffer 640 B"), "{o}");
+    assert!(o.contains("store: 0 of 4096 B used"), "{o}");
+    let o = t.exec(8, &["stats"]).0;
+    assert!(o.contains("connections: 1"), "{o}");
+
+    // Shell lines are split on whitespace.
+    let f = t.request(Header::new(
+        9,
+        Message::Exec(Exec {
+            command: Command::Shell("  echo   x  y "),
+            timeout_ms: Some(5),
+        }),
+    ));
+    assert_eq!(exec_result(9, &f).0, "x y\n");
+
+    let (o, e, _) = t.exec(10, &["flood"]);
+    assert_eq!(o.len(), 384);
+    assert!(e.ends_with("[output truncated]\n"));
+
+    let f = t.request(Header::new(
+        11,
+        Message::Exec(Exec {
+            command: Command::Argv(Argv("nope\0x")),
+            timeout_ms: None,
+        }),
+    ));
+    let (id, code, m) = error_of(&f[0]);
+    assert_eq!((id, code), (11, ErrorCode::NOT_FOUND));
+    assert!(m.contains("nope"), "{m}");
+    let f = t.request(Header::new(
+        12,
+        Message::Exec(Exec {
+            command: Command::Shell("   "),
+            timeout_ms: None,
+        }),
+    ));
+    assert_eq!(error_of(&f[0]).1, ErrorCode::EXEC_FAILED);
+    let many = ["echo"; 17];
+    let mut b = [0u8; 256];
+    let argv = Argv::join(&many, &mut b).unwrap();
+    let f = t.request(Header::new(
+        13,
+        Message::Exec(Exec {
+            command: Command::Argv(argv),
+            timeout_ms: None,
+        }),
+    ));
+    assert_eq!(error_of(&f[0]).1, ErrorCode::TOO_LARGE);
+
+    assert_eq!(t.exec(14, &["reboot"]).0, "rebooting\n");
+    assert_eq!(t.dev.poll_event(), Some(Event::Reboot));
+    t.dev.reboot(t.now);
+    assert_eq!(t.dev.poll_event(), Some(Event::Led(false)));
+    assert_eq!(t.dev.stats().connections, 0);
+    assert_eq!(t.dev.uptime_ms(t.now + 5), 5);
+}
+
+#[test]
+fn files_round_trip_byte_by_byte() {
+    let mut t = T::open(16 * 1024);
+    // One byte in and out at a time: the same frames as in bulk.
+    t.tx_step = 1;
+    t.rx_step = 1;
+    let data = pattern(3000);
+    let f = t.put(1, "/data.bin", &data, false);
+    let digest: [u8; 32] = Sha256::digest(&data).into();
+    assert_eq!(
+        head(&f[0]).message,
+        Message::Done {
+            bytes: 3000,
+            sha256: Some(digest)
+        }
+    );
+    t.tx_step = 7;
+    assert_eq!(t.get(2, "data.bin"), data);
+    let f = t.request(Header::new(3, Message::Stat { path: "./data.bin" }));
+    let Message::StatReply(e) = head(&f[0]).message else {
+        panic!()
+    };
+    assert_eq!(
+        (e.name, e.size, e.modified),
+        ("data.bin", 3000, NOW_UNIX / 1000)
+    );
+    t.put(4, "empty", &[], false);
+    let f = t.request(Header::new(5, Message::List { path: "/" }));
+    let names: Vec<_> = f[..2]
+        .iter()
+        .map(|fr| match head(fr).message {
+            Message::ListEntry(e) => (String::from(e.name), e.size),
+            m => panic!("{m:?}"),
+        })
+        .collect();
+    assert_eq!(names, [("data.bin".into(), 3000), ("empty".into(), 0)]);
+    assert_eq!(
+        head(&f[2]).message,
+        Message::Done {
+            bytes: 2,
+            sha256: None
+        }
+    );
+    assert_eq!(t.get(6, "empty"), b"");
+    let f = t.request(Header::new(7, Message::Remove { path: "data.bin" }));
+    assert!(matches!(
+        head(&f[0]).message,
+        Message::Done { bytes: 0, .. }
+    ));
+    let f = t.request(Header::new(8, Message::Stat { path: "data.bin" }));
+    assert_eq!(error_of(&f[0]).1, ErrorCode::NOT_FOUND);
+    let f = t.request(Header::new(9, Message::Stat { path: "" }));
+    assert!(
+        matches!(head(&f[0]).message, Message::StatReply(e) if e.kind == crate::message::EntryKind::Dir)
+    );
+    for (path, code) in [
+        ("a/b", ErrorCode::PATH_REFUSED),
+        ("..", ErrorCode::PATH_REFUSED),
+        ("/", ErrorCode::IS_DIRECTORY),
+    ] {
+        let f = t.request(Header::new(10, Message::Get { path, offset: 0 }));
+        assert_eq!(error_of(&f[0]).1, code, "{path}");
+    }
+    let f = t.request(Header::new(11, Message::List { path: "empty" }));
+    assert_eq!(error_of(&f[0]).1, ErrorCode::NOT_DIRECTORY);
+}
+
+#[test]
+fn get_from_offset_sends_prefix_digest() {
+    let mut t = T::open(8192);
+    let data = pattern(2500);
+    t.put(1, "f", &data, false);
+    let f = t.request(Header::new(
+        2,
+        Message::Get {
+            path: "f",
+            offset: 1000,
+        },
+    ));
+    let prefix: [u8; 32] = Sha256::digest(&data[..1000]).into();
+    assert_eq!(
+        head(&f[0]).message,
+        Message::FileInfo {
+            size: 2500,
+            modified: NOW_UNIX / 1000,
+            offset: 1000,
+            prefix_sha256: Some(prefix)
+        }
+    );
+    let body: Vec<u8> = f[1..f.len() - 1]
+        .iter()
+        .flat_map(|fr| fr.1.clone())
+        .collect();
+    assert_eq!(body, &data[1000..]);
+    let whole: [u8; 32] = Sha256::digest(&data).into();
+    assert_eq!(
+        head(f.last().unwrap()).message,
+        Message::Done {
+            bytes: 2500,
+            sha256: Some(whole)
+        }
+    );
+    let f = t.request(Header::new(
+        3,
+        Message::Get {
+            path: "f",
+            offset: 2501,
+        },
+    ));
+    assert!(matches!(
+        head(&f[0]).message,
+        Message::FileInfo {
+            offset: 0,
+            prefix_sha256: None,
+            ..
+        }
+    ));
+    assert_eq!(f.len(), 2 + 3);
+}
+
+#[test]
+fn uploads_commit_only_when_complete_and_verified() {
+    let mut t = T::open(4096);
+    let data = pattern(1500);
+    // Wrong digest.
+    t.request(Header::new(
+        1,
+        Message::Put {
+            path: "x",
+            size: 1500,
+            force: false,
+            resume: false,
+        },
+    ));
+    let mut s = enc(Header::new(1, Message::Data), &data[..1000]);
+    s.extend(enc(Header::new(1, Message::Data), &data[1000..]));
+    s.extend(enc(
+        Header::new(
+            1,
+            Message::Done {
+                bytes: 1500,
+                sha256: Some([0; 32]),
+            },
+        ),
+        &[],
+    ));
+    t.send(&s);
+    let (id, code, _) = error_of(&t.recv()[0]);
+    assert_eq!((id, code), (1, ErrorCode::DIGEST_MISMATCH));
+    assert_eq!(t.dev.store.usage().used, 0);
+    assert!(t.dev.store.find("x").is_none());
+
+    // More data than announced.
+    t.request(Header::new(
+        2,
+        Message::Put {
+            path: "x",
+            size: 10,
+            force: false,
+            resume: false,
+        },
+    ));
+    t.send(&enc(Header::new(2, Message::Data), &data[..11]));
+    // Its late Done is dropped silently.
+    t.send(&enc(
+        Header::new(
+            2,
+            Message::Done {
+                bytes: 10,
+                sha256: None,
+            },
+        ),
+        &[],
+    ));
+    let f = t.recv();
+    assert_eq!(f.len(), 1);
+    assert_eq!(error_of(&f[0]).1, ErrorCode::BAD_LENGTH);
+    assert_eq!(t.dev.store.usage().used, 0);
+
+    // Done before all the data.
+    t.request(Header::new(
+        3,
+        Message::Put {
+            path: "x",
+            size: 10,
+            force: false,
+            resume: false,
+        },
+    ));
+    let f = t.request(Header::new(
+        3,
+        Message::Done {
+            bytes: 10,
+            sha256: None,
+        },
+    ));
+    assert_eq!(error_of(&f[0]).1, ErrorCode::BAD_LENGTH);
+
+    // Exists, no space, name too long.
+    t.put(4, "x", b"abc", false);
+    let f = t.put(5, "x", b"def", false);
+    assert_eq!(error_of(&f[0]).1, ErrorCode::EXISTS);
+    let f = t.put(6, "x", b"def", true);
+    assert!(matches!(
+        head(&f[0]).message,
+        Message::Done { bytes: 3, .. }
+    ));
+    assert_eq!(t.get(7, "x"), b"def");
+    let f = t.put(8, "big", &pattern(4094), false);
+    let (_, code, m) = error_of(&f[0]);
+    assert_eq!(code, ErrorCode::NO_SPACE);
+    assert_eq!(m, "store full: 4094 bytes needed, 4093 free");
+    let f = t.put(9, &"n".repeat(49), b"", false);
+    assert_eq!(error_of(&f[0]).1, ErrorCode::TOO_LARGE);
+    // Slots: 4 files at most.
+    for (i, n) in ["a", "b", "c"].iter().enumerate() {
+        t.put(10 + i as u32, n, b"1", false);
+    }
+    let f = t.put(20, "d", b"1", false);
+    let (_, code, m) = error_of(&f[0]);
+    assert_eq!(code, ErrorCode::NO_SPACE);
+    assert!(m.contains("file slots"), "{m}");
+}
+
+#[test]
+fn cancel_busy_and_ping_while_streaming() {
+    let mut t = T::open(64 * 1024);
+    let data = pattern(50_000);
+    t.put(1, "big", &data, false);
+    t.send(&enc(
+        Header::new(
+            2,
+            Message::Get {
+                path: "big",
+                offset: 0,
+            },
+        ),
+        &[],
+    ));
+    // Part of the download goes out.
+    let mut buf = vec![0u8; 3000];
+    let n = t.s.poll_transmit(&mut t.dev, &mut buf, 0);
+    assert_eq!(n, 3000);
+    t.out.extend_from_slice(&buf);
+    t.send(&enc(Header::new(3, Message::Stat { path: "big" }), &[]));
+    t.send(&enc(Header::new(4, Message::Ping { stamp: 5 }), &[]));
+    t.send(&enc(Header::new(0, Message::Cancel { target: 2 }), &[]));
+    let f = t.recv();
+    let kinds: Vec<_> = f
+        .iter()
+        .map(|fr| (head(fr).request_id, head(fr).message.kind()))
+        .collect();
+    let data_frames = kinds
+        .iter()
+        .filter(|k| k.1 == crate::message::Kind::Data)
+        .count();
+    // 49 frames would be the whole file.
+    assert!(data_frames < 20, "{kinds:?}");
+    let errs: Vec<_> = f
+        .iter()
+        .filter(|fr| head(fr).message.kind() == crate::message::Kind::Error)
+        .map(error_of)
+        .collect();
+    assert_eq!(errs[0].0, 3);
+    assert_eq!(errs[0].1, ErrorCode::BUSY);
+    assert_eq!((errs[1].0, errs[1].1), (2, ErrorCode::CANCELLED));
+    assert!(kinds.contains(&(4, crate::message::Kind::Pong)));
+    assert!(!kinds.iter().any(|k| k.1 == crate::message::Kind::Done));
+    // The connection goes on.
+    let f = t.request(Header::new(5, Message::Ping { stamp: 6 }));
+    assert_eq!(head(&f[0]).message, Message::Pong { stamp: 6 });
+
+    // Cancel an upload: discarded.
+    t.request(Header::new(
+        6,
+        Message::Put {
+            path: "up",
+            size: 100,
+            force: false,
+            resume: false,
+        },
+    ));
+    t.send(&enc(Header::new(6, Message::Data), &[1; 50]));
+    let f = t.request(Header::new(0, Message::Cancel { target: 6 }));
+    assert_eq!(error_of(&f[0]).1, ErrorCode::CANCELLED);
+    t.send(&enc(Header::new(6, Message::Data), &[1; 50]));
+    assert!(t.recv().is_empty());
+    assert!(t.dev.store.find("up").is_none());
+    assert_eq!(t.dev.store.usage().pending, 0);
+}
+
+#[test]
+fn replies_wait_for_room_and_keep_order() {
+    let mut t = T::open(1024);
+    let mut s = Vec::new();
+    for i in 0..200u64 {
+        s.extend(enc(Header::new(i as u32, Message::Ping { stamp: i }), &[]));
+    }
+    // Without draining, the session stops reading once its tx buffer is full.
+    let n = t.s.handle_bytes(&mut t.dev, &s, 0);
+    assert!(n < s.len());
+    t.send(&s[n..]);
+    let f = t.recv();
+    assert_eq!(f.len(), 200);
+    for (i, fr) in f.iter().enumerate() {
+        assert_eq!(
+            head(fr),
+            Header::new(i as u32, Message::Pong { stamp: i as u64 })
+        );
+    }
+}
+
+#[test]
+fn hostile_frames_get_errors() {
+    let mut t = T::open(1024);
+    // Unknown kind, valid checksum: Error with its id, connection goes on.
+    let mut f = enc(Header::new(7, Message::Ping { stamp: 0 }), &[]);
+    f[19] = 99;
+    let hl = f[4] as usize;
+    let repr = crate::wire::PrefixRepr {
+        version: 1,
+        flags: crate::wire::Flags::empty(),
+        header_len: hl as u16,
+        body_len: 0,
+    };
+    let (p, h) = f.split_at_mut(18);
+    repr.emit(&mut crate::wire::Prefix::new_unchecked(p), &h[..hl]);
+    t.send(&f);
+    let (id, code, _) = error_of(&t.recv()[0]);
+    assert_eq!((id, code), (7, ErrorCode::UNKNOWN_KIND));
+    // A body where none belongs: Error, body skipped.
+    t.send(&enc(Header::new(8, Message::Ping { stamp: 1 }), b"junk"));
+    assert_eq!(error_of(&t.recv()[0]).1, ErrorCode::UNEXPECTED);
+    // Replies sent to the device, Auth, Hello again.
+    let f = t.request(Header::new(9, Message::Pong { stamp: 1 }));
+    assert_eq!(error_of(&f[0]).1, ErrorCode::UNEXPECTED);
+    let f = t.request(Header::new(
+        10,
+        Message::Auth(crate::message::Proof { mac: [0; 32] }),
+    ));
+    assert_eq!(error_of(&f[0]).1, ErrorCode::UNEXPECTED);
+    t.send(&hello_frame(1));
+    assert_eq!(error_of(&t.recv()[0]).1, ErrorCode::UNEXPECTED);
+    // Client Errors are never answered.
+    let f = t.request(Header::new(
+        11,
+        Message::Error {
+            code: ErrorCode::IO,
+            message: "x",
+        },
+    ));
+    assert!(f.is_empty());
+    let f = t.request(Header::new(12, Message::Ping { stamp: 2 }));
+    assert_eq!(head(&f[0]).message, Message::Pong { stamp: 2 });
+    assert!(!t.s.poll_close());
+
+    // A body over the negotiated chunk: fatal.
+    let big = enc(Header::new(13, Message::Data), &[0; 1025]);
+    t.send(&big);
+    let (id, code, _) = error_of(&t.recv()[0]);
+    assert_eq!((id, code), (0, ErrorCode::BODY_TOO_LARGE));
+    assert!(t.s.poll_close());
+    t.s.handle_close(&mut t.dev);
+    assert!(!t.s.is_open());
+
+    // Garbage: fatal, BAD_FRAME.
+    let mut t = T::open(1024);
+    t.send(b"GET / HTTP/1.1\r\n\r\n");
+    let (id, code, _) = error_of(&t.recv()[0]);
+    assert_eq!((id, code), (0, ErrorCode::BAD_FRAME));
+    assert!(t.s.poll_close());
+    assert_eq!(t.dev.stats().bad_frames, 1);
+}
+
+#[test]
+fn closing_mid_upload_discards_it() {
+    let mut t = T::open(1024);
+    t.request(Header::new(
+        1,
+        Message::Put {
+            path: "p",
+            size: 100,
+            force: false,
+            resume: false,
+        },
+    ));
+    t.send(&enc(Header::new(1, Message::Data), &[1; 60]));
+    assert_eq!(t.dev.store.usage().pending, 1);
+    t.s.handle_close(&mut t.dev);
+    assert_eq!(t.dev.store.usage().pending, 0);
+    assert_eq!(t.dev.store.usage().used, 0);
+}
+
+#[test]
+fn datagrams() {
+    let mut t = T::open(1024);
+    let dev = &mut t.dev;
+    let mut out = [0u8; 2048];
+    let ask = |dev: &mut Dev, d: &[u8], out: &mut [u8]| -> Option<Vec<u8>> {
+        let n = dev.handle_datagram(d, 2000, out);
+        (n > 0).then(|| out[..n].to_vec())
+    };
+    let parse = |r: &[u8]| -> (Vec<u8>, usize) {
+        let hl = r[4] as usize | (r[5] as usize) << 8;
+        assert_eq!(r.len(), 18 + hl);
+        (r[18..18 + hl].to_vec(), hl)
+    };
+    let r = ask(
+        dev,
+        &enc(Header::new(1, Message::Ping { stamp: 3 }), &[]),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(
+        Header::parse(&parse(&r).0).unwrap(),
+        Header::new(1, Message::Pong { stamp: 3 })
+    );
+    let r = ask(
+        dev,
+        &enc(Header::new(2, Message::Echo { text: "abc" }), &[]),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(
+        Header::parse(&parse(&r).0).unwrap().message,
+        Message::EchoReply { text: "ABC" }
+    );
+    let r = ask(
+        dev,
+        &enc(Header::new(3, Message::Time { format: "%s" }), &[]),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(
+        Header::parse(&parse(&r).0).unwrap().message,
+        Message::TimeReply {
+            unix_ms: NOW_UNIX + 2000,
+            text: "1795355109"
+        }
+    );
+    let code = |r: Vec<u8>| match Header::parse(&parse(&r).0).unwrap().message {
+        Message::Error { code, .. } => code,
+        m => panic!("{m:?}"),
+    };
+    let r = ask(
+        dev,
+        &enc(Header::new(4, Message::Stat { path: "x" }), &[]),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(code(r), ErrorCode::UNEXPECTED);
+    let r = ask(dev, b"hello", &mut out).unwrap();
+    assert_eq!(code(r), ErrorCode::BAD_FRAME);
+    let mut trunc = enc(Header::new(5, Message::Ping { stamp: 3 }), &[]);
+    trunc.push(0);
+    assert_eq!(
+        code(ask(dev, &trunc, &mut out).unwrap()),
+        ErrorCode::BAD_FRAME
+    );
+    let mut bad = enc(Header::new(5, Message::Ping { stamp: 3 }), &[]);
+    bad[20] ^= 1;
+    assert_eq!(
+        code(ask(dev, &bad, &mut out).unwrap()),
+        ErrorCode::BAD_FRAME
+    );
+    // Replies and errors are not answered.
+    assert!(ask(
+        dev,
+        &enc(Header::new(6, Message::Pong { stamp: 3 }), &[]),
+        &mut out
+    )
+    .is_none());
+    // An echo whose reply cannot fit the caller's buffer.
+    let text = "x".repeat(200);
+    let r = ask(
+        dev,
+        &enc(Header::new(7, Message::Echo { text: &text }), &[]),
+        &mut out[..100],
+    )
+    .unwrap();
+    assert_eq!(code(r), ErrorCode::TOO_LARGE);
+    assert_eq!(dev.stats().datagrams, 9);
+}
+
+#[test]
+fn protocol_state_is_small() {
+    // Beyond socket buffers: the three session buffers plus the session.
+    let (mut h, mut tx, mut o) = ([0u8; 512], [0u8; 640], [0u8; 512]);
+    let s = Session::new(&mut h[..], &mut tx[..], &mut o[..]);
+    let total = s.mem().total();
+    assert!(core::mem::size_of::<Session<&mut [u8]>>() < 600);
+    assert!(total < 4096 - 1472, "{total}");
+}
