@@ -294,6 +294,17 @@ fn init_logging(cli: &Cli) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Exec(a) = &cli.cmd {
+        if a.shell.is_none() && a.command.is_empty() {
+            use clap::CommandFactory as _;
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "no command given: write `tether exec HOST -- CMD [ARGS...]` or `tether exec HOST --shell 'LINE'`",
+                )
+                .exit();
+        }
+    }
     init_logging(&cli);
     let is_exec = matches!(cli.cmd, Cmd::Exec(_));
     let rt = if matches!(cli.cmd, Cmd::Serve(_)) {
