@@ -436,12 +436,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(code as u8)
         }
         Cmd::Get(a) => {
-            let name = remote_name(&a.remote).with_context(|| {
-                format!("'{}' does not name a file: give the file's path", a.remote)
-            })?;
+            let name = || {
+                remote_name(&a.remote).with_context(|| {
+                    format!(
+                        "'{}' does not end in a file name: give LOCAL, the name to save it as",
+                        a.remote
+                    )
+                })
+            };
             let local = match &a.local {
-                None => PathBuf::from(name),
-                Some(p) if p.is_dir() => p.join(name),
+                None => PathBuf::from(name()?),
+                Some(p) if p.is_dir() => p.join(name()?),
                 Some(p) => p.clone(),
             };
             let opts = TransferOpts {

@@ -360,15 +360,18 @@ pub fn open_put(
         )));
     }
     let ptext = parent.to_string_lossy();
-    if parent != Path::new(".") {
-        root.dir
-            .create_dir_all(parent)
-            .map_err(|e| io_error(&e, &ptext))?;
-    }
-    let dir = root
-        .dir
-        .open_dir(parent)
-        .map_err(|e| io_error(&e, &ptext))?;
+    let dir = match root.dir.open_dir(parent) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            root.dir
+                .create_dir_all(parent)
+                .map_err(|e| io_error(&e, &ptext))?;
+            root.dir
+                .open_dir(parent)
+                .map_err(|e| io_error(&e, &ptext))?
+        }
+        Err(e) => return Err(io_error(&e, &ptext)),
+    };
     match dir.symlink_metadata(name) {
         Ok(m) if m.is_dir() => {
             return Err(ReqError::new(
