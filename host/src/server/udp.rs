@@ -85,7 +85,7 @@ pub fn answer<'o>(dgram: &[u8], out: &'o mut [u8]) -> (Option<&'o [u8]>, String)
                         unix_ms: time.0,
                         text: &time.1,
                     },
-                    format!("time {format:?}"),
+                    format!("time {:?}", clip(format, 40)),
                 )
             }
             Err(msg) => return (reply_err(out, id, ErrorCode::INVALID_HEADER, &msg), msg),
