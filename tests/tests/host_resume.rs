@@ -39,7 +39,7 @@ fn get_killed_with_sigkill_resumes_from_its_partial() {
         "a partial download appeared under the final name"
     );
     let have = file_len(&part);
-    assert!(have >= 10 * MIB && have < SIZE, "partial of {have} bytes");
+    assert!((10 * MIB..SIZE).contains(&have), "partial of {have} bytes");
 
     let o = run(&["get", &s.host(), "big.bin", local.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
@@ -88,7 +88,7 @@ fn put_killed_with_sigkill_resumes_from_the_servers_partial() {
         "a partial upload appeared under the final name"
     );
     let have = file_len(&part);
-    assert!(have >= 10 * MIB && have < SIZE, "partial of {have} bytes");
+    assert!((10 * MIB..SIZE).contains(&have), "partial of {have} bytes");
 
     let o = run(&["put", &s.host(), local.to_str().unwrap(), "dst/big.bin"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));

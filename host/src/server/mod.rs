@@ -867,7 +867,7 @@ async fn do_get(
             }
             hasher.update(&buf[..have]);
             left -= have as u64;
-            let full = std::mem::replace(&mut buf, Vec::new());
+            let full = std::mem::take(&mut buf);
             if tx
                 .blocking_send(FromFile::Chunk(Chunk {
                     buf: full,
