@@ -276,3 +276,26 @@ fn every_path_escape_is_refused_and_nothing_outside_is_touched() {
     let o = run(&["ls", &s.host()]);
     assert_eq!(o.status.code(), Some(0));
 }
+
+#[test]
+fn empty_files_and_default_names() {
+    let (dir, s) = server();
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, b"").unwrap();
+    const EMPTY: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    // REMOTE defaults to the file's name in the root; ending in '/' puts it inside.
+    let o = run(&["put", &s.host(), empty.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(printed_digest(&o.stdout), EMPTY);
+    assert_eq!(std::fs::read(s.root.join("empty.txt")).unwrap(), b"");
+    let o = run(&["put", &s.host(), empty.to_str().unwrap(), "in/"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(s.root.join("in/empty.txt").is_file());
+    // LOCAL a directory: the remote name inside it.
+    let into = dir.path().join("into");
+    std::fs::create_dir(&into).unwrap();
+    let o = run(&["get", &s.host(), "in/empty.txt", into.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(printed_digest(&o.stdout), EMPTY);
+    assert_eq!(std::fs::read(into.join("empty.txt")).unwrap(), b"");
+}

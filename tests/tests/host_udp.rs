@@ -47,18 +47,28 @@ fn a_dropped_first_datagram_is_retried() {
     let (_d, s) = server();
     let relay = LossyUdpRelay::start(format!("127.0.0.1:{}", s.port).parse().unwrap(), 1);
     let host = format!("127.0.0.1:{}", relay.port);
-    let o = run(&["echo", &host, "again", "--timeout", "300ms"]);
+    let o = run(&["echo", &host, "again", "--timeout", "1s"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout), "AGAIN\n");
-    assert!(text(&o.stderr).contains("attempt 2"), "{}", text(&o.stderr));
-    assert_eq!(relay.seen(), 2);
+    // Answered on a later attempt (the second, unless the machine is very slow).
+    assert!(
+        text(&o.stderr).contains("answered on attempt"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(relay.seen() >= 2);
 
     let relay = LossyUdpRelay::start(format!("127.0.0.1:{}", s.port).parse().unwrap(), 1);
     let host = format!("127.0.0.1:{}", relay.port);
-    let o = run(&["time", &host, "%Y", "--timeout", "300ms"]);
+    let o = run(&["time", &host, "%Y", "--timeout", "1s"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert!(text(&o.stdout).starts_with("20"));
-    assert_eq!(relay.seen(), 2);
+    assert!(
+        text(&o.stderr).contains("answered on attempt"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(relay.seen() >= 2);
 }
 
 #[test]
@@ -70,7 +80,9 @@ fn no_reply_after_all_retries_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(1));
     let e = text(&o.stderr);
     assert!(e.contains("no reply") && e.contains("3 attempt"), "{e}");
-    assert_eq!(relay.seen(), 3);
+    assert!(tether_tests::wait_until(Duration::from_secs(10), || relay
+        .seen()
+        == 3));
 }
 
 #[test]
