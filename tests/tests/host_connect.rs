@@ -159,3 +159,14 @@ fn shell_runs_lines_ignores_empty_ones_and_reconnects_after_a_restart() {
     std::io::Read::read_to_string(sh.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(err.contains("err") && err.contains("reconnecting"), "{err}");
 }
+
+#[test]
+fn idle_connections_are_closed_with_a_timeout_error() {
+    let dir = TempDir::new().unwrap();
+    let s = Server::start(dir.path(), &["--idle-timeout", "500ms"]);
+    let mut c = tether_tests::raw::RawConn::handshaken(s.port);
+    let f = c.recv().expect("an Error frame");
+    assert_eq!((f.id, f.error_code), (0, Some(13)), "{f:?}"); // TIMEOUT
+    assert!(f.debug.contains("idle"), "{f:?}");
+    assert!(c.recv().is_none());
+}

@@ -180,3 +180,30 @@ fn no_resume_starts_over() {
     );
     assert_eq!(std::fs::read(&local).unwrap(), data);
 }
+
+#[test]
+fn a_download_in_flight_finishes_during_the_shutdown_grace() {
+    let dir = TempDir::new().unwrap();
+    let mut s = Server::start(dir.path(), &["--shutdown-grace", "60s"]);
+    random_file(&s.root.join("f.bin"), 20 * MIB);
+    let local = dir.path().join("f.bin");
+    let part = dir.path().join("f.bin.tether-part");
+    let child = tether()
+        .args(["get", &s.host(), "f.bin", local.to_str().unwrap()])
+        .args(["--limit-rate", "8M"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(60), || file_len(&part) >= 2 * MIB));
+    tether_tests::signal(s.pid(), "TERM");
+    // New connections are no longer accepted while the transfer drains.
+    assert!(s.wait_log("shutting down", Duration::from_secs(30)));
+    let o = run(&["ls", &s.host()]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = tether_tests::wait_output(child, Duration::from_secs(120));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(sha256sum(&local), sha256sum(&s.root.join("f.bin")));
+    let st = s.terminate(Duration::from_secs(60));
+    assert!(st.is_some(), "the server did not stop after the transfer");
+}
