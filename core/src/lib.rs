@@ -32,6 +32,7 @@
 extern crate std;
 
 #[cfg(feature = "alloc")]
+#[allow(unused_extern_crates)]
 extern crate alloc;
 
 pub mod codec;

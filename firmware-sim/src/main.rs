@@ -1,3 +1,369 @@
-fn main() {
-    println!("tether-sim: not yet");
+//! `tether-sim`: the simulated tether device on a TAP interface, or its demo
+//! over the in-process virtual wire.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use sha2::{Digest as _, Sha256};
+use smoltcp::phy::{self, FaultInjector, Medium, PcapMode, PcapWriter, TunTapInterface};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
+use tether_proto::{Header, Message};
+use tether_sim::client::{datagram, parse_datagram, Client};
+use tether_sim::virt::{VirtualConfig, VirtualNet};
+use tether_sim::{SimConfig, SimDevice};
+
+/// The simulated tether device: the firmware's no_std device logic on smoltcp.
+///
+/// By default it attaches to a TAP interface (created if it does not exist,
+/// which needs root or CAP_NET_ADMIN and /dev/net/tun) and serves tether on
+/// TCP and UDP, and ICMP echo, until SIGINT or SIGTERM.
+#[derive(Debug, Parser)]
+#[command(name = "tether-sim", version)]
+struct Args {
+    /// TAP interface to attach to.
+    #[arg(long, default_value = "tap0")]
+    tap: String,
+    /// Device address and prefix.
+    #[arg(long, default_value = "192.168.69.1/24", value_parser = parse_cidr)]
+    ip: Ipv4Cidr,
+    /// Default gateway.
+    #[arg(long)]
+    gateway: Option<Ipv4Address>,
+    /// Device MAC address.
+    #[arg(long, default_value = "02-00-00-00-00-01", value_parser = parse_mac)]
+    mac: EthernetAddress,
+    /// TCP and UDP port.
+    #[arg(long, default_value_t = tether_proto::DEFAULT_PORT)]
+    port: u16,
+    /// TCP connections served at once.
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Store capacity in KiB.
+    #[arg(long, default_value_t = 2048)]
+    store_kib: usize,
+    /// Largest frame body the device negotiates.
+    #[arg(long, default_value_t = 1024)]
+    max_chunk: u32,
+    /// Chance of dropping a packet, in percent (each direction).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    drop_chance: u8,
+    /// Chance of corrupting a packet, in percent (each direction).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    corrupt_chance: u8,
+    /// Drop packets larger than this many octets (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    size_limit: usize,
+    /// Drop packets sent beyond this many per shaping interval (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    tx_rate_limit: u64,
+    /// Drop packets received beyond this many per shaping interval (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    rx_rate_limit: u64,
+    /// Rate-limit interval in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    shaping_interval: u64,
+    /// Write a packet capture of the device's traffic.
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
+    /// Seed for the fault injector and nonces (default: random; the virtual demo: 1).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Run the demo over the in-process virtual wire (no TAP, no privileges).
+    #[arg(long)]
+    virtual_demo: bool,
+    /// Size of the file the virtual demo uploads, in KiB.
+    #[arg(long, default_value_t = 256)]
+    demo_kib: usize,
+    /// Print the device's RAM use and exit.
+    #[arg(long)]
+    ram: bool,
+}
+
+fn parse_cidr(s: &str) -> Result<Ipv4Cidr, String> {
+    s.parse()
+        .map_err(|()| format!("{s:?} is not an IPv4 address with a prefix (192.168.69.1/24)"))
+}
+
+fn parse_mac(s: &str) -> Result<EthernetAddress, String> {
+    s.parse()
+        .map_err(|()| format!("{s:?} is not a MAC address (02-00-00-00-00-01)"))
+}
+
+fn sim_config(a: &Args, seed: u64, unix_ms_at_zero: u64) -> SimConfig {
+    SimConfig {
+        ip: a.ip,
+        gateway: a.gateway,
+        mac: a.mac,
+        port: a.port,
+        connections: a.connections.max(1),
+        store_bytes: a.store_kib * 1024,
+        max_chunk: a.max_chunk,
+        unix_ms_at_zero,
+        seed,
+        verbose: !a.quiet,
+        ..SimConfig::default()
+    }
+}
+
+fn faults(a: &Args) -> String {
+    let mut v = Vec::new();
+    if a.drop_chance > 0 {
+        v.push(format!("drop {}%", a.drop_chance));
+    }
+    if a.corrupt_chance > 0 {
+        v.push(format!("corrupt {}%", a.corrupt_chance));
+    }
+    if a.size_limit > 0 {
+        v.push(format!("size limit {}", a.size_limit));
+    }
+    if a.tx_rate_limit > 0 || a.rx_rate_limit > 0 {
+        v.push(format!(
+            "rate limit tx {} rx {} per {} ms",
+            a.tx_rate_limit, a.rx_rate_limit, a.shaping_interval
+        ));
+    }
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn print_ram(cfg: &SimConfig) {
+    let mut total = 0;
+    for (what, bytes) in cfg.ram() {
+        println!("  {bytes:>9} B  {what}");
+        total += bytes;
+    }
+    println!("  {total:>9} B  total");
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.ram {
+        print_ram(&sim_config(&args, 1, 0));
+        return Ok(());
+    }
+    if args.virtual_demo {
+        return virtual_demo(&args);
+    }
+    run_tap(&args)
+}
+
+fn run_tap(a: &Args) -> anyhow::Result<()> {
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        bail!(
+            "/dev/net/tun does not exist: this machine has no TUN/TAP support (try --virtual-demo)"
+        );
+    }
+    let tap = TunTapInterface::new(&a.tap, Medium::Ethernet).with_context(|| {
+        format!(
+            "cannot attach to TAP interface {:?} (creating one needs root or CAP_NET_ADMIN)",
+            a.tap
+        )
+    })?;
+    let fd = tap.as_raw_fd();
+    let sink: Box<dyn Write> = match &a.pcap {
+        Some(p) => Box::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        ),
+        None => Box::new(std::io::sink()),
+    };
+    let seed = a.seed.unwrap_or_else(rand::random);
+    let mut phy = FaultInjector::new(PcapWriter::new(tap, sink, PcapMode::Both), seed as u32);
+    phy.set_drop_chance(a.drop_chance);
+    phy.set_corrupt_chance(a.corrupt_chance);
+    phy.set_max_packet_size(a.size_limit);
+    phy.set_max_tx_rate(a.tx_rate_limit);
+    phy.set_max_rx_rate(a.rx_rate_limit);
+    phy.set_bucket_interval(Duration::from_millis(a.shaping_interval));
+
+    let start = std::time::Instant::now();
+    let now = || Instant::from_millis(start.elapsed().as_millis() as i64);
+    let cfg = sim_config(a, seed, unix_now_ms());
+    let mut sim = SimDevice::new(cfg, &mut phy, now());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("cannot install signal handler")?;
+    }
+    if !a.quiet {
+        eprintln!(
+            "[tether-sim] device {} ({}) on {}, port {} tcp+udp, icmp echo; store {} KiB; faults: {}{}",
+            a.ip,
+            a.mac,
+            a.tap,
+            a.port,
+            a.store_kib,
+            faults(a),
+            a.pcap
+                .as_ref()
+                .map(|p| format!("; pcap {}", p.display()))
+                .unwrap_or_default()
+        );
+    }
+    while !stop.load(Ordering::Relaxed) {
+        let t = now();
+        sim.poll(t, &mut phy);
+        let wait = sim.poll_delay(t).map_or(Duration::from_millis(100), |d| {
+            d.min(Duration::from_millis(100))
+        });
+        // EINTR (a signal) just ends the wait early.
+        let _ = phy::wait(fd, Some(wait));
+    }
+    if !a.quiet {
+        let s = sim.dev.stats();
+        eprintln!(
+            "[tether-sim] stopping: {} connections, {} datagrams, frames {} in / {} out, {} errors sent",
+            s.connections, s.datagrams, s.frames_in, s.frames_out, s.errors_sent
+        );
+    }
+    Ok(())
+}
+
+/// The `make sim` demo, over the virtual wire with the in-process client.
+fn virtual_demo(a: &Args) -> anyhow::Result<()> {
+    let seed = a.seed.unwrap_or(1);
+    let pcap: Option<Box<dyn Write>> = match &a.pcap {
+        Some(p) => Some(Box::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut cfg = sim_config(a, seed, unix_now_ms());
+    cfg.verbose = false;
+    let dev_ip = cfg.ip.address();
+    let port = cfg.port;
+    let mut net = VirtualNet::new(VirtualConfig {
+        seed: seed as u32,
+        drop_pct: a.drop_chance,
+        corrupt_pct: a.corrupt_chance,
+        size_limit: a.size_limit,
+        tx_rate_limit: a.tx_rate_limit,
+        rx_rate_limit: a.rx_rate_limit,
+        shaping_interval: Duration::from_millis(a.shaping_interval),
+        pcap,
+        device: cfg,
+    });
+    println!(
+        "== virtual wire: host {} <-> device {dev_ip}:{port}, faults: {}, seed {seed}",
+        tether_sim::virt::HOST_IP,
+        faults(a)
+    );
+    let wall = std::time::Instant::now();
+    let data: Vec<u8> = {
+        let mut x = seed | 1;
+        (0..a.demo_kib * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    {
+        let tcp = net.connect().context("connect")?;
+        let mut c = Client::connect(tcp).context("handshake")?;
+        println!(
+            "== connected: {} (max_chunk {}, max_header {})",
+            c.agent, c.max_chunk, c.max_header
+        );
+        for i in 0..3u64 {
+            let t0 = c.transport().net().now();
+            let stamp = c.ping(i)?;
+            let rtt = c.transport().net().now() - t0;
+            println!(
+                "$ tether ping  -> pong {stamp}, rtt {} ms (virtual)",
+                rtt.total_millis()
+            );
+        }
+        for cmd in [&["uptime"][..], &["led", "on"], &["mem"]] {
+            let out = c.exec(cmd)?;
+            print!(
+                "$ tether exec -- {}\n{}",
+                cmd.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            );
+            println!("  (exit {})", out.status.shell_code());
+        }
+        let t0 = c.transport().net().now();
+        let sent = c.put("demo.bin", &data, true)?;
+        let t1 = c.transport().net().now();
+        let back = c.get("demo.bin")?;
+        let t2 = c.transport().net().now();
+        let got: [u8; 32] = Sha256::digest(&back).into();
+        println!(
+            "$ tether put demo.bin ({} bytes) -> sha256 {} ({} ms virtual)",
+            data.len(),
+            hex::encode(sent),
+            (t1 - t0).total_millis()
+        );
+        println!(
+            "$ tether get demo.bin -> {} bytes, sha256 {} ({} ms virtual)",
+            back.len(),
+            hex::encode(got),
+            (t2 - t1).total_millis()
+        );
+        if back != data || got != sent {
+            bail!("the file that came back differs from the one sent");
+        }
+        println!("   round trip byte-exact: SHA-256 match");
+        let out = c.exec(&["sha256", "demo.bin"])?;
+        print!(
+            "$ tether exec -- sha256 demo.bin\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let r = net.udp_request(&datagram(&Header::new(1, Message::Time { format: "" })), 3)?;
+    let h = parse_datagram(&r)?;
+    match Header::parse(&h).map(|h| h.message) {
+        Ok(Message::TimeReply { unix_ms, text }) => {
+            println!("$ tether time (udp) -> {text} ({unix_ms} ms since the epoch)")
+        }
+        other => bail!("unexpected time reply: {other:?}"),
+    }
+    let r = net.udp_request(
+        &datagram(&Header::new(
+            2,
+            Message::Echo {
+                text: "hello device",
+            },
+        )),
+        3,
+    )?;
+    match Header::parse(&parse_datagram(&r)?).map(|h| h.message) {
+        Ok(Message::EchoReply { text }) => println!("$ tether echo (udp) 'hello device' -> {text}"),
+        other => bail!("unexpected echo reply: {other:?}"),
+    }
+    let s = net.device.dev.stats();
+    println!(
+        "== device: {} connection(s), {} datagrams, frames {} in / {} out, {} errors; wire: {} Ethernet frames; {} ms virtual, {} ms real",
+        s.connections,
+        s.datagrams,
+        s.frames_in,
+        s.frames_out,
+        s.errors_sent,
+        net.frames(),
+        net.now().total_millis(),
+        wall.elapsed().as_millis()
+    );
+    Ok(())
 }

@@ -288,7 +288,7 @@ fn mem(_: &mut (), ctx: &mut Ctx<'_>, _: &[&str], out: &mut Output<'_>) -> i32 {
     let s = m.session;
     let _ = writeln!(
         out,
-        "session: {} B (header buffer {} B, tx buffer {} B with {} queued, output buffer {} B, state {} B)",
+        "session: {} B = header buffer {} + tx buffer {} ({} queued) + output buffer {} + state {}",
         s.total(),
         s.header_buf,
         s.tx_buf,
@@ -302,13 +302,8 @@ fn mem(_: &mut (), ctx: &mut Ctx<'_>, _: &[&str], out: &mut Output<'_>) -> i32 {
     let u = ctx.store.usage();
     let _ = writeln!(
         out,
-        "store: {} of {} B used ({} B free), {} of {} files, {} upload(s) in progress",
-        u.used,
-        u.capacity,
-        u.capacity.saturating_sub(u.used),
-        u.files,
-        u.max_files,
-        u.pending
+        "store: {} of {} B used, {} of {} files, {} upload(s) in progress",
+        u.used, u.capacity, u.files, u.max_files, u.pending
     );
     0
 }

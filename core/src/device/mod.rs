@@ -31,7 +31,8 @@
 //!   (Get and List end with Error CANCELLED, Exec with Exit Cancelled, Put
 //!   discards the upload and ends with Error CANCELLED), and any other
 //!   request is answered Error BUSY.
-//! * Exec runs a built-in or firmware command ([`commands`]); there is no
+//! * Exec runs a built-in or firmware command ([`commands`]); an unknown
+//!   name is answered Error EXEC_FAILED naming it. There is no
 //!   shell: a `Command::Shell` line is split on whitespace and run as argv.
 //!   `timeout_ms` is ignored (commands run to completion at once).
 //! * Files live in a flat namespace; paths may start with `/` or `./`; the

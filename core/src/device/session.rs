@@ -1221,7 +1221,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> State<B> {
         let code = commands::run(firmware, &mut ctx, args, &mut out);
         let Some(code) = code else {
             let m = msg(format_args!("no such command: {program} (try help)"));
-            return self.error(dev, id, ErrorCode::NOT_FOUND, m.as_str());
+            return self.error(dev, id, ErrorCode::EXEC_FAILED, m.as_str());
         };
         if out.truncated() {
             out.note_truncated();

@@ -396,7 +396,7 @@ fn builtin_and_firmware_commands() {
         "{o}"
     );
     let o = t.exec(7, &["mem"]).0;
-    assert!(o.contains("header buffer 512 B, tx buffer 640 B"), "{o}");
+    assert!(o.contains("header buffer 512 + tx buffer 640"), "{o}");
     assert!(o.contains("store: 0 of 4096 B used"), "{o}");
     let o = t.exec(8, &["stats"]).0;
     assert!(o.contains("connections: 1"), "{o}");
@@ -423,7 +423,7 @@ fn builtin_and_firmware_commands() {
         }),
     ));
     let (id, code, m) = error_of(&f[0]);
-    assert_eq!((id, code), (11, ErrorCode::NOT_FOUND));
+    assert_eq!((id, code), (11, ErrorCode::EXEC_FAILED));
     assert!(m.contains("nope"), "{m}");
     let f = t.request(Header::new(
         12,

@@ -1,0 +1,511 @@
+//! # tether-sim
+//!
+//! The device logic of [`tether_proto::device`] running on smoltcp, as it
+//! would on a microcontroller: [`SimDevice`] owns a smoltcp interface, a
+//! few TCP listeners and one UDP socket on the protocol port, and feeds them
+//! to [`Session`]s and [`Device::handle_datagram`]. The network device
+//! (`phy`) is the caller's: a TAP interface in the `tether-sim` binary, or
+//! the in-memory [`virt`] wire in tests.
+//!
+//! Everything the device side uses is allocated once, at start: socket
+//! buffers, session buffers and the store. See [`SimConfig::ram`] for the
+//! table that `mem` prints and the README documents.
+
+pub mod client;
+pub mod virt;
+
+/// The network stack the simulator runs on (re-exported for tests).
+pub use smoltcp;
+
+/// The I/O traits the client is generic over (re-exported for tests).
+pub use embedded_io;
+
+use core::fmt::Write as _;
+
+use sha2::{Digest as _, Sha256};
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::phy;
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
+use tether_proto::device::commands::{Cmd, Ctx, Output, Table};
+use tether_proto::device::{Config, Device, Event, OffsetClock, RamStore, Session};
+use tether_proto::{DEFAULT_PORT, MAX_DATAGRAM};
+
+/// Most files the simulated store holds.
+pub const STORE_FILES: usize = 32;
+
+/// The simulator's store: RAM standing in for flash.
+pub type SimStore = RamStore<Box<[u8]>, STORE_FILES>;
+
+/// The device logic as the simulator instantiates it.
+pub type SimDev = Device<SimStore, OffsetClock, Table<'static, ()>>;
+
+/// How to build a simulated device.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Address and prefix.
+    pub ip: Ipv4Cidr,
+    /// Default route, if any.
+    pub gateway: Option<Ipv4Address>,
+    /// Ethernet address.
+    pub mac: EthernetAddress,
+    /// TCP and UDP port.
+    pub port: u16,
+    /// TCP connections served at once (one listening socket each).
+    pub connections: usize,
+    /// TCP receive buffer per connection.
+    pub tcp_rx: usize,
+    /// TCP transmit buffer per connection.
+    pub tcp_tx: usize,
+    /// UDP datagrams buffered each way.
+    pub udp_packets: usize,
+    /// Session header buffer (caps the negotiated max_header).
+    pub header_buf: usize,
+    /// Session transmit buffer.
+    pub tx_buf: usize,
+    /// Session output buffer (command output).
+    pub output_buf: usize,
+    /// Store capacity in bytes.
+    pub store_bytes: usize,
+    /// Largest frame body, both ways.
+    pub max_chunk: u32,
+    /// Unix milliseconds at time 0 (the device's wall clock).
+    pub unix_ms_at_zero: u64,
+    /// Seed for the handshake nonces and TCP sequence numbers.
+    pub seed: u64,
+    /// Print connections, LED changes and reboots to stderr.
+    pub verbose: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            ip: Ipv4Cidr::new(Ipv4Address::new(192, 168, 69, 1), 24),
+            gateway: None,
+            mac: EthernetAddress([0x02, 0, 0, 0, 0, 0x01]),
+            port: DEFAULT_PORT,
+            connections: 2,
+            tcp_rx: 4096,
+            tcp_tx: 4096,
+            udp_packets: 2,
+            header_buf: 512,
+            tx_buf: 640,
+            output_buf: 768,
+            store_bytes: 2 << 20,
+            max_chunk: 1024,
+            // 2026-11-22T00:00:00Z
+            unix_ms_at_zero: 1_795_305_600_000,
+            seed: 1,
+            verbose: false,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The device's RAM, by use: (what, bytes), every connection counted.
+    /// The store (metadata table, then arena) is listed last.
+    pub fn ram(&self) -> Vec<(&'static str, usize)> {
+        let n = self.connections;
+        let udp = 2 * self.udp_packets * MAX_DATAGRAM;
+        let session = std::mem::size_of::<Session<&mut [u8]>>();
+        let store_table = std::mem::size_of::<SimStore>() - std::mem::size_of::<Box<[u8]>>();
+        vec![
+            ("tcp socket buffers", n * (self.tcp_rx + self.tcp_tx)),
+            ("udp socket buffers", udp),
+            ("udp reply buffer", MAX_DATAGRAM),
+            (
+                "session buffers",
+                n * (self.header_buf + self.tx_buf + self.output_buf),
+            ),
+            ("session state", n * session),
+            ("device state", std::mem::size_of::<SimDev>() - store_table),
+            ("store table", store_table),
+            ("store arena", self.store_bytes),
+        ]
+    }
+}
+
+fn sha256_cmd(_: &mut (), ctx: &mut Ctx<'_>, args: &[&str], out: &mut Output<'_>) -> i32 {
+    let [_, name] = args else {
+        let _ = writeln!(out.err(), "usage: sha256 NAME");
+        return 2;
+    };
+    let Some(id) = ctx.store.find(name) else {
+        let _ = writeln!(out.err(), "sha256: no such file: {name}");
+        return 1;
+    };
+    let mut h = Sha256::new();
+    let mut buf = [0u8; 256];
+    let mut at = 0u64;
+    loop {
+        match ctx.store.read(id, at, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+            Err(e) => {
+                let _ = writeln!(out.err(), "sha256: {e}");
+                return 1;
+            }
+        }
+    }
+    let _ = writeln!(out, "{}  {name}", hex::encode(h.finalize()));
+    0
+}
+
+fn cat_cmd(_: &mut (), ctx: &mut Ctx<'_>, args: &[&str], out: &mut Output<'_>) -> i32 {
+    let [_, name] = args else {
+        let _ = writeln!(out.err(), "usage: cat NAME");
+        return 2;
+    };
+    let Some(id) = ctx.store.find(name) else {
+        let _ = writeln!(out.err(), "cat: no such file: {name}");
+        return 1;
+    };
+    let mut buf = [0u8; 128];
+    let mut at = 0u64;
+    while let Ok(n @ 1..) = ctx.store.read(id, at, &mut buf) {
+        out.write(false, &buf[..n]);
+        at += n as u64;
+        if out.truncated() {
+            break;
+        }
+    }
+    0
+}
+
+/// The simulator's own commands: the firmware-author example.
+pub static SIM_COMMANDS: [Cmd<()>; 2] = [
+    Cmd {
+        name: "sha256",
+        usage: "sha256 NAME           SHA-256 of a stored file, computed on the device",
+        run: sha256_cmd,
+    },
+    Cmd {
+        name: "cat",
+        usage: "cat NAME              print a stored file (as much as the output buffer holds)",
+        run: cat_cmd,
+    },
+];
+
+struct Conn {
+    handle: SocketHandle,
+    session: Session<Box<[u8]>>,
+}
+
+/// What [`SimDevice::poll`] reports besides progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PollOutcome {
+    /// Application work was done (bytes moved between sockets and sessions).
+    pub worked: bool,
+    /// The device rebooted.
+    pub rebooted: bool,
+}
+
+/// A tether device on a smoltcp interface.
+pub struct SimDevice {
+    /// The device logic.
+    pub dev: SimDev,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    conns: Vec<Conn>,
+    udp: SocketHandle,
+    udp_out: Box<[u8]>,
+    config: SimConfig,
+    rng: u64,
+    reboot_pending: bool,
+    /// LED transitions seen (for tests and the log).
+    pub led_log: Vec<bool>,
+    /// Reboots done.
+    pub reboots: u32,
+}
+
+impl std::fmt::Debug for SimDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimDevice")
+            .field("config", &self.config)
+            .field("dev", &self.dev)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ms(now: Instant) -> u64 {
+    now.total_millis().max(0) as u64
+}
+
+impl SimDevice {
+    /// Boot a device on `phy` at `now`.
+    pub fn new<D: phy::Device + ?Sized>(config: SimConfig, phy: &mut D, now: Instant) -> Self {
+        let mut ic = IfaceConfig::new(HardwareAddress::Ethernet(config.mac));
+        ic.random_seed = config.seed;
+        let mut iface = Interface::new(ic, phy, now);
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::Ipv4(config.ip));
+        });
+        if let Some(gw) = config.gateway {
+            let _ = iface.routes_mut().add_default_ipv4_route(gw);
+        }
+        let mut sockets = SocketSet::new(Vec::new());
+        let mut conns = Vec::new();
+        for _ in 0..config.connections.max(1) {
+            let mut s = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; config.tcp_rx]),
+                tcp::SocketBuffer::new(vec![0; config.tcp_tx]),
+            );
+            s.set_nagle_enabled(false);
+            s.set_keep_alive(Some(Duration::from_secs(30)));
+            s.set_timeout(Some(Duration::from_secs(120)));
+            let handle = sockets.add(s);
+            let buf = |n: usize| vec![0u8; n].into_boxed_slice();
+            let session = Session::new(
+                buf(config.header_buf),
+                buf(config.tx_buf),
+                buf(config.output_buf),
+            );
+            conns.push(Conn { handle, session });
+        }
+        let udp_buf = || {
+            udp::PacketBuffer::new(
+                vec![udp::PacketMetadata::EMPTY; config.udp_packets],
+                vec![0; config.udp_packets * MAX_DATAGRAM],
+            )
+        };
+        let mut u = udp::Socket::new(udp_buf(), udp_buf());
+        let _ = u.bind(config.port);
+        let udp = sockets.add(u);
+        // The `mem` command reports these lines; they live as long as the process.
+        let extra: &'static [(&'static str, usize)] = Box::leak(config.ram().into_boxed_slice());
+        let dev_config = Config {
+            agent: concat!("tether-sim/", env!("CARGO_PKG_VERSION")),
+            max_chunk: config.max_chunk,
+            extra_ram: extra,
+            ..Config::DEFAULT
+        };
+        let dev = Device::new(
+            dev_config,
+            RamStore::new(vec![0u8; config.store_bytes].into_boxed_slice()),
+            OffsetClock {
+                offset_ms: config.unix_ms_at_zero,
+            },
+            Table {
+                state: (),
+                commands: &SIM_COMMANDS,
+            },
+            ms(now),
+        );
+        SimDevice {
+            dev,
+            iface,
+            sockets,
+            conns,
+            udp,
+            udp_out: vec![0u8; MAX_DATAGRAM].into_boxed_slice(),
+            rng: config.seed | 1,
+            config,
+            reboot_pending: false,
+            led_log: Vec::new(),
+            reboots: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    fn nonce(&mut self) -> [u8; 16] {
+        let mut n = [0u8; 16];
+        for c in n.chunks_mut(8) {
+            // xorshift64*
+            self.rng ^= self.rng >> 12;
+            self.rng ^= self.rng << 25;
+            self.rng ^= self.rng >> 27;
+            c.copy_from_slice(&self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        }
+        n
+    }
+
+    fn log(&self, args: std::fmt::Arguments<'_>) {
+        if self.config.verbose {
+            eprintln!("[tether-sim] {args}");
+        }
+    }
+
+    /// Run the network stack and the device until neither has more to do
+    /// at `now`.
+    pub fn poll<D: phy::Device + ?Sized>(&mut self, now: Instant, phy: &mut D) -> PollOutcome {
+        let mut out = PollOutcome::default();
+        for _ in 0..256 {
+            self.iface.poll(now, phy, &mut self.sockets);
+            let w = self.serve(now);
+            out.worked |= w;
+            if self.reboot_pending && self.drained() {
+                self.reboot(now);
+                out.rebooted = true;
+                continue;
+            }
+            if !w {
+                break;
+            }
+        }
+        out
+    }
+
+    /// When to poll next (`None`: only when a packet arrives).
+    pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
+        if self.reboot_pending {
+            return Some(Duration::from_millis(1));
+        }
+        self.iface.poll_delay(now, &self.sockets)
+    }
+
+    fn drained(&self) -> bool {
+        self.conns.iter().all(|c| {
+            let s = self.sockets.get::<tcp::Socket<'_>>(c.handle);
+            !c.session.wants_transmit() && s.send_queue() == 0
+        })
+    }
+
+    fn reboot(&mut self, now: Instant) {
+        self.log(format_args!(
+            "reboot: resetting device state (files survive)"
+        ));
+        for c in &mut self.conns {
+            self.sockets.get_mut::<tcp::Socket<'_>>(c.handle).abort();
+            c.session.handle_close(&mut self.dev);
+        }
+        self.dev.reboot(ms(now));
+        self.reboot_pending = false;
+        self.reboots += 1;
+    }
+
+    /// Move bytes between sockets and sessions; returns whether any moved.
+    fn serve(&mut self, now: Instant) -> bool {
+        let now_ms = ms(now);
+        let mut worked = false;
+        let port = self.config.port;
+        for i in 0..self.conns.len() {
+            let handle = self.conns[i].handle;
+            let state = self.sockets.get::<tcp::Socket<'_>>(handle).state();
+            use tcp::State as S;
+            let session_open = self.conns[i].session.is_open();
+            match state {
+                // TIME_WAIT only guards against a late retransmitted FIN:
+                // free the socket for the next connection at once.
+                S::Closed | S::TimeWait => {
+                    if state == S::TimeWait {
+                        self.sockets.get_mut::<tcp::Socket<'_>>(handle).abort();
+                    }
+                    if session_open {
+                        self.conns[i].session.handle_close(&mut self.dev);
+                        self.log(format_args!("connection {i} reset"));
+                    }
+                    let _ = self.sockets.get_mut::<tcp::Socket<'_>>(handle).listen(port);
+                    continue;
+                }
+                S::Listen | S::SynSent | S::SynReceived => continue,
+                S::Established | S::CloseWait if !session_open && !self.reboot_pending => {
+                    let nonce = self.nonce();
+                    let peer = self
+                        .sockets
+                        .get::<tcp::Socket<'_>>(handle)
+                        .remote_endpoint();
+                    let c = &mut self.conns[i];
+                    c.session.handle_accept(&mut self.dev, nonce, now_ms);
+                    if let Some(p) = peer {
+                        self.log(format_args!("connection {i} from {p}"));
+                    }
+                    worked = true;
+                }
+                S::Established | S::CloseWait => {}
+                // Closing from our side: nothing more to serve.
+                _ => {
+                    if session_open {
+                        self.conns[i].session.handle_close(&mut self.dev);
+                    }
+                    continue;
+                }
+            }
+            // After a reboot request, only flush: no new input is served.
+            let reading = !self.reboot_pending;
+            let sock = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
+            let c = &mut self.conns[i];
+            let dev = &mut self.dev;
+            loop {
+                let mut moved = false;
+                while reading && sock.can_recv() {
+                    let n = sock
+                        .recv(|buf| {
+                            let n = c.session.handle_bytes(dev, buf, now_ms);
+                            (n, n)
+                        })
+                        .unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    moved = true;
+                }
+                while sock.can_send() && c.session.wants_transmit() {
+                    let n = sock
+                        .send(|buf| {
+                            let n = c.session.poll_transmit(dev, buf, now_ms);
+                            (n, n)
+                        })
+                        .unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    moved = true;
+                }
+                worked |= moved;
+                if !moved {
+                    break;
+                }
+            }
+            let closing = c.session.poll_close()
+                || (sock.state() == S::CloseWait
+                    && !sock.can_recv()
+                    && !c.session.wants_transmit());
+            if closing {
+                sock.close();
+                c.session.handle_close(dev);
+                worked = true;
+            }
+        }
+        worked |= self.serve_udp(now_ms);
+        while let Some(ev) = self.dev.poll_event() {
+            match ev {
+                Event::Led(on) => {
+                    self.led_log.push(on);
+                    self.log(format_args!("LED {}", if on { "on" } else { "off" }));
+                }
+                Event::Reboot => {
+                    self.log(format_args!("reboot requested"));
+                    self.reboot_pending = true;
+                }
+                _ => {}
+            }
+            worked = true;
+        }
+        worked
+    }
+
+    fn serve_udp(&mut self, now_ms: u64) -> bool {
+        let mut worked = false;
+        loop {
+            let sock = self.sockets.get_mut::<udp::Socket<'_>>(self.udp);
+            if !sock.can_send() {
+                break;
+            }
+            let Ok((data, meta)) = sock.recv() else { break };
+            let n = self.dev.handle_datagram(data, now_ms, &mut self.udp_out);
+            if n > 0 {
+                let _ = sock.send_slice(&self.udp_out[..n], meta.endpoint);
+            }
+            worked = true;
+        }
+        worked
+    }
+}
