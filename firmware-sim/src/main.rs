@@ -279,6 +279,15 @@ fn virtual_demo(a: &Args) -> anyhow::Result<()> {
             })
             .collect()
     };
+    for seq in 1..=2 {
+        match net.icmp_ping(seq) {
+            Some(rtt) => println!(
+                "$ ping {dev_ip}  -> icmp echo reply seq={seq}, rtt {} ms (virtual)",
+                rtt.total_millis()
+            ),
+            None => println!("$ ping {dev_ip}  -> no icmp echo reply for seq={seq}"),
+        }
+    }
     {
         let tcp = net.connect().context("connect")?;
         let mut c = Client::connect(tcp).context("handshake")?;

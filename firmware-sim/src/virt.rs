@@ -21,9 +21,12 @@ use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{
     self, ChecksumCapabilities, DeviceCapabilities, FaultInjector, Medium, PcapMode, PcapWriter,
 };
-use smoltcp::socket::{tcp, udp};
+use smoltcp::socket::{icmp, tcp, udp};
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
+use smoltcp::wire::{
+    EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, Ipv4Address,
+    Ipv4Cidr,
+};
 
 use crate::{SimConfig, SimDevice};
 
@@ -183,6 +186,7 @@ pub struct VirtualNet {
     host: Interface,
     host_sockets: SocketSet<'static>,
     udp: SocketHandle,
+    icmp: SocketHandle,
     closed: Vec<SocketHandle>,
     next_port: u16,
     dev_ip: Ipv4Address,
@@ -250,6 +254,11 @@ impl VirtualNet {
         let mut u = udp::Socket::new(udp_buf(), udp_buf());
         let _ = u.bind(40_000);
         let udp = host_sockets.add(u);
+        let icmp_buf =
+            || icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 4096]);
+        let mut i = icmp::Socket::new(icmp_buf(), icmp_buf());
+        let _ = i.bind(icmp::Endpoint::Ident(0x7e7e));
+        let icmp = host_sockets.add(i);
         VirtualNet {
             now,
             host_phy,
@@ -259,6 +268,7 @@ impl VirtualNet {
             host,
             host_sockets,
             udp,
+            icmp,
             closed: Vec::new(),
             next_port: 49_152,
             dev_ip,
@@ -401,6 +411,45 @@ impl VirtualNet {
             }
         }
         Err(NetError::TimedOut)
+    }
+}
+
+impl VirtualNet {
+    /// Send an ICMP echo request to the device; returns the round trip in
+    /// virtual time, or `None` if no matching reply came within a second.
+    pub fn icmp_ping(&mut self, seq_no: u16) -> Option<Duration> {
+        let payload = *b"tether-sim icmp";
+        let repr = Icmpv4Repr::EchoRequest {
+            ident: 0x7e7e,
+            seq_no,
+            data: &payload,
+        };
+        let caps = smoltcp::phy::ChecksumCapabilities::default();
+        let to = IpAddress::Ipv4(self.dev_ip);
+        let s = self.host_sockets.get_mut::<icmp::Socket<'_>>(self.icmp);
+        let buf = s.send(repr.buffer_len(), to).ok()?;
+        repr.emit(&mut Icmpv4Packet::new_unchecked(buf), &caps);
+        let start = self.now;
+        let deadline = self.now + Duration::from_secs(1);
+        loop {
+            let s = self.host_sockets.get_mut::<icmp::Socket<'_>>(self.icmp);
+            while let Ok((bytes, from)) = s.recv() {
+                let Ok(p) = Icmpv4Packet::new_checked(bytes) else {
+                    continue;
+                };
+                if let Ok(Icmpv4Repr::EchoReply {
+                    ident: 0x7e7e,
+                    seq_no: n,
+                    data,
+                }) = Icmpv4Repr::parse(&p, &caps)
+                {
+                    if n == seq_no && data == payload && from == to {
+                        return Some(self.now - start);
+                    }
+                }
+            }
+            self.pump(deadline).ok()?;
+        }
     }
 }
 

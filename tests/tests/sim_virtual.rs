@@ -214,6 +214,9 @@ fn every_message_kind() {
         }
     ));
     assert_eq!(n.device.dev.stats().datagrams, 4);
+    // ICMP echo is answered by the device's stack.
+    assert!(n.icmp_ping(1).is_some());
+    assert!(n.icmp_ping(2).is_some());
 
     // reboot: the connection is reset, counters and LED start over, files survive.
     {
