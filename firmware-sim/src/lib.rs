@@ -376,7 +376,7 @@ impl SimDevice {
             self.sockets.get_mut::<tcp::Socket<'_>>(c.handle).abort();
             c.session.handle_close(&mut self.dev);
         }
-        self.dev.reboot(ms(now));
+        self.dev.handle_reboot(ms(now));
         self.reboot_pending = false;
         self.reboots += 1;
     }

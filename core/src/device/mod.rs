@@ -19,7 +19,8 @@
 //!   if session.poll_close() { close the connection }
 //! connection ended (either side): session.handle_close(&mut dev)
 //! datagram:    n = dev.handle_datagram(datagram, now_ms, reply_buf); send reply_buf[..n] if n > 0
-//! always:      while let Some(ev) = dev.poll_event() { drive the LED pin / reset after flushing }
+//! always:      while let Some(ev) = dev.poll_event() { drive the LED pin; on Reboot flush,
+//!              then dev.handle_reboot(now_ms) and reset every session (or reset the MCU) }
 //! ```
 //!
 //! # Semantics a client can rely on
@@ -51,7 +52,7 @@
 //! `max_header`; tx ≥ `max_header + 32`; output, which holds a command's
 //! output and scratch) plus the [`Session`] itself (≈ 400 bytes: decoder
 //! state, a SHA-256 state and the request in progress). The [`Device`] is
-//! ≈ 100 bytes plus the store. UDP needs one reply buffer of
+//! ≈ 200 bytes plus the store. UDP needs one reply buffer of
 //! [`MAX_DATAGRAM`](crate::MAX_DATAGRAM) bytes. Nothing is allocated.
 //!
 //! Authentication (Auth/AuthOk, sealed frames) comes with the security work:
@@ -173,7 +174,7 @@ pub struct MemReport<'a> {
 pub enum Event {
     /// Drive the user LED.
     Led(bool),
-    /// Flush what the sessions have queued, then reset (call [`Device::reboot`]
+    /// Flush what the sessions have queued, then reset (call [`Device::handle_reboot`]
     /// and reset every session, or reset the MCU).
     Reboot,
 }
@@ -224,7 +225,7 @@ impl<S: Store, C: Clock, K: Commands> Device<S, C, K> {
     /// Reset everything but the store (which stands for flash) at `now_ms`:
     /// counters, LED (an [`Event::Led`]`(false)` follows if it was on),
     /// uptime, and uploads in progress. Reset the sessions too.
-    pub fn reboot(&mut self, now_ms: u64) {
+    pub fn handle_reboot(&mut self, now_ms: u64) {
         self.store.recover();
         self.stats = Stats::default();
         self.led_changed = self.led;

@@ -447,7 +447,7 @@ fn builtin_and_firmware_commands() {
 
     assert_eq!(t.exec(14, &["reboot"]).0, "rebooting\n");
     assert_eq!(t.dev.poll_event(), Some(Event::Reboot));
-    t.dev.reboot(t.now);
+    t.dev.handle_reboot(t.now);
     assert_eq!(t.dev.poll_event(), Some(Event::Led(false)));
     assert_eq!(t.dev.stats().connections, 0);
     assert_eq!(t.dev.uptime_ms(t.now + 5), 5);
@@ -945,4 +945,53 @@ fn protocol_state_is_small() {
     let total = s.mem().total();
     assert!(core::mem::size_of::<Session<&mut [u8]>>() < 600);
     assert!(total < 4096 - 1472, "{total}");
+}
+
+#[test]
+fn exec_output_is_chunked_and_cancel_ends_it() {
+    let mut t = T::new(1024);
+    // A client that takes 64-byte bodies at most.
+    t.send(&enc(
+        Header::new(
+            0,
+            Message::Hello(Hello {
+                version: 1,
+                max_header: 512,
+                max_chunk: 64,
+                caps: Caps::empty(),
+                nonce: [1; 16],
+                agent: "small",
+            }),
+        ),
+        &[],
+    ));
+    t.recv();
+    let (o, _, st) = t.exec(1, &["help"]);
+    assert!(o.len() > 300 && st == ExitStatus::Code(0));
+    let mut b = [0u8; 16];
+    let argv = Argv::join(&["help"], &mut b).unwrap();
+    t.send(&enc(
+        Header::new(
+            2,
+            Message::Exec(Exec {
+                command: Command::Argv(argv),
+                timeout_ms: None,
+            }),
+        ),
+        &[],
+    ));
+    // Cancel arrives after the first chunk went out.
+    let mut buf = [0u8; 90];
+    let n = t.s.poll_transmit(&mut t.dev, &mut buf, 0);
+    t.out.extend_from_slice(&buf[..n]);
+    t.send(&enc(Header::new(3, Message::Cancel { target: 2 }), &[]));
+    let f = t.recv();
+    assert!(f.iter().all(|fr| fr.1.len() <= 64));
+    assert!(f.len() < 4, "{}", f.len());
+    assert_eq!(
+        head(f.last().unwrap()).message,
+        Message::Exit {
+            status: ExitStatus::Cancelled
+        }
+    );
 }
