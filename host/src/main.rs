@@ -183,7 +183,7 @@ struct ServeArgs {
     #[arg(long)]
     allow_exec: bool,
     /// Most connections at once; more are refused as busy.
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    #[arg(long, value_name = "N", default_value_t = 256)]
     max_connections: usize,
     /// Time a new connection has to complete the handshake.
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]

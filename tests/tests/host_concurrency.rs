@@ -148,3 +148,35 @@ fn bad_frames_get_an_error_and_the_server_keeps_serving() {
     let o = run(&["ls", &s.host()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
 }
+
+#[test]
+fn two_uploads_to_one_path_do_not_mix() {
+    let dir = TempDir::new().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let a = dir.path().join("a.bin");
+    random_file(&a, 8 << 20);
+    let b = dir.path().join("b.bin");
+    random_file(&b, 1 << 20);
+    // The first upload is slow; while it runs, a second to the same path is refused.
+    let slow = tether_tests::tether()
+        .args(["put", &s.host(), a.to_str().unwrap(), "same.bin"])
+        .args(["--limit-rate", "2M"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let part = s.root.join(".same.bin.tether-part");
+    assert!(tether_tests::wait_until(Duration::from_secs(60), || {
+        tether_tests::file_len(&part) > 0
+    }));
+    let o = run(&["put", &s.host(), b.to_str().unwrap(), "same.bin"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = text(&o.stderr);
+    assert!(e.contains("another upload") && e.contains("BUSY"), "{e}");
+    let o = tether_tests::wait_output(slow, Duration::from_secs(120));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(
+        std::fs::read(s.root.join("same.bin")).unwrap(),
+        std::fs::read(&a).unwrap()
+    );
+}

@@ -146,7 +146,6 @@ pub fn io_error(e: &io::Error, what: &str) -> ReqError {
         K::StorageFull | K::QuotaExceeded => ErrorCode::NO_SPACE,
         K::ReadOnlyFilesystem => ErrorCode::READ_ONLY,
         K::DirectoryNotEmpty => ErrorCode::IO,
-        K::InvalidFilename => ErrorCode::PATH_REFUSED,
         _ => match e.raw_os_error() {
             Some(40) => {
                 // ELOOP: a symlink loop or a refused symlink.
