@@ -180,12 +180,12 @@ fn cat_cmd(_: &mut (), ctx: &mut Ctx<'_>, args: &[&str], out: &mut Output<'_>) -
 pub static SIM_COMMANDS: [Cmd<()>; 2] = [
     Cmd {
         name: "sha256",
-        usage: "sha256 NAME           SHA-256 of a stored file, computed on the device",
+        usage: "sha256 NAME           SHA-256 of a stored file",
         run: sha256_cmd,
     },
     Cmd {
         name: "cat",
-        usage: "cat NAME              print a stored file (as much as the output buffer holds)",
+        usage: "cat NAME              print a stored file (up to 576 bytes)",
         run: cat_cmd,
     },
 ];
