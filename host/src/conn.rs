@@ -6,7 +6,7 @@
 //! per-frame sealing of the security issue slots in (a `Sealer` in the
 //! writer, an `Opener` fed the reader's header and body bytes).
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -552,8 +552,8 @@ impl Writer {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "a {} header of {} bytes exceeds the peer's limit of {max_header} bytes",
-                    header.message.kind_name(),
+                    "a {:?} header of {} bytes exceeds the peer's limit of {max_header} bytes",
+                    header.message.kind(),
                     head - PREFIX_LEN
                 ),
             ));
@@ -566,8 +566,19 @@ impl Writer {
                     .write_all(&inner.scratch[..head + body.len()])
                     .await?;
             } else {
-                inner.io.write_all(&inner.scratch[..head]).await?;
-                inner.io.write_all(body).await?;
+                // Head and body in one system call where the socket takes both.
+                let mut bufs = [IoSlice::new(&inner.scratch[..head]), IoSlice::new(body)];
+                let mut rest = &mut bufs[..];
+                while !rest.is_empty() {
+                    let n = inner.io.write_vectored(rest).await?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            "the socket accepted no data",
+                        ));
+                    }
+                    IoSlice::advance_slices(&mut rest, n);
+                }
             }
             inner.io.flush().await
         };
@@ -604,18 +615,6 @@ impl Writer {
     pub async fn shutdown(&self) {
         let mut g = self.inner.lock().await;
         let _ = tokio::time::timeout(Duration::from_secs(1), g.io.shutdown()).await;
-    }
-}
-
-/// A name for a message kind, for error texts.
-pub trait KindName {
-    /// The kind's name.
-    fn kind_name(&self) -> String;
-}
-
-impl KindName for Message<'_> {
-    fn kind_name(&self) -> String {
-        format!("{:?}", self.kind())
     }
 }
 

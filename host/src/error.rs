@@ -140,9 +140,6 @@ pub enum Error {
         /// Extra detail (port unreachable).
         why: String,
     },
-    /// The user interrupted the command.
-    #[error("interrupted{0}")]
-    Interrupted(&'static str),
 }
 
 /// The code's name (`NOT_FOUND`), or its number.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
-use tether_proto::{Digest, ErrorCode, Message};
+use tether_proto::{Digest, Message};
 use tokio::sync::mpsc;
 
 use super::Session;
@@ -532,13 +532,5 @@ async fn send(
                 ))
             }
         }
-    }
-}
-
-/// The error code for a refused transfer, if it is one.
-pub fn remote_code(e: &Error) -> Option<ErrorCode> {
-    match e {
-        Error::Remote { code, .. } => Some(*code),
-        _ => None,
     }
 }

@@ -255,7 +255,7 @@ async fn connection(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, sd: watc
     let (rd, wr) = stream.into_split();
     let mut reader = Reader::new(rd);
     let writer = Writer::new(wr, ctx.cfg.idle_timeout);
-    let (hello, chunk) = match handshake(&ctx, &mut reader, &writer, peer).await {
+    let (hello, chunk) = match handshake(&ctx, &mut reader, &writer).await {
         Ok(h) => h,
         Err(e) => {
             info!(%peer, "connection refused: {e}");
@@ -290,7 +290,6 @@ async fn handshake(
     ctx: &Ctx,
     reader: &mut Reader,
     writer: &Writer,
-    peer: SocketAddr,
 ) -> Result<(String, usize), String> {
     let first = tokio::time::timeout(ctx.cfg.handshake_timeout, reader.next()).await;
     let inc = match first {
@@ -346,7 +345,6 @@ async fn handshake(
         .map_err(|e| format!("sending HelloAck failed: {e}"))?;
     reader.set_limits(ack.max_header, ack.max_chunk);
     writer.set_max_header(ack.max_header).await;
-    let _ = peer;
     Ok((hello.agent, ack.max_chunk as usize))
 }
 
