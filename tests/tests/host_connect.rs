@@ -170,3 +170,32 @@ fn idle_connections_are_closed_with_a_timeout_error() {
     assert!(f.debug.contains("idle"), "{f:?}");
     assert!(c.recv().is_none());
 }
+
+#[test]
+fn an_upload_that_stops_sending_times_out_and_stays_resumable() {
+    let dir = TempDir::new().unwrap();
+    let s = Server::start(dir.path(), &["--idle-timeout", "1s"]);
+    let mut c = tether_tests::raw::RawConn::handshaken(s.port);
+    c.send(
+        1,
+        tether_proto::Message::Put {
+            path: "x.bin",
+            size: 100,
+            force: false,
+            resume: true,
+        },
+    );
+    let f = c.recv().expect("PutReady");
+    assert!(f.debug.starts_with("PutReady"), "{f:?}");
+    // Then nothing: the connection is closed once the idle timeout passes.
+    let mut saw_timeout = false;
+    while let Some(f) = c.recv() {
+        if f.id == 0 && f.error_code == Some(13) {
+            saw_timeout = true;
+            assert!(f.debug.contains("upload"), "{f:?}");
+        }
+    }
+    assert!(saw_timeout);
+    assert!(s.root.join(".x.bin.tether-part").exists());
+    assert!(!s.root.join("x.bin").exists());
+}

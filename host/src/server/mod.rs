@@ -351,6 +351,9 @@ async fn handshake(
 struct Req {
     cancel: watch::Sender<bool>,
     is_exec: bool,
+    /// An upload: it only progresses when the client sends, so the idle
+    /// timeout applies to it.
+    is_upload: bool,
 }
 
 /// What the connection loop hands an upload's blocking writer.
@@ -413,8 +416,12 @@ impl Conn {
                     }
                     continue;
                 }
-                _ = tokio::time::sleep(idle), if self.reqs.is_empty() => {
-                    let msg = format!("idle for {idle:?}; closing (reconnect to go on)");
+                _ = tokio::time::sleep(idle), if self.reqs.values().all(|r| r.is_upload) => {
+                    let msg = if self.reqs.is_empty() {
+                        format!("idle for {idle:?}; closing (reconnect to go on)")
+                    } else {
+                        format!("no data for {idle:?} during an upload; closing (the partial is kept: run the put again to resume)")
+                    };
                     let _ = self.writer.send_error(0, ErrorCode::TIMEOUT, &msg).await;
                     return msg;
                 }
@@ -583,6 +590,7 @@ impl Conn {
         let w = self.writer.clone();
         let chunk = self.chunk;
         let is_exec = matches!(msg, Msg::Exec { .. });
+        let is_upload = matches!(msg, Msg::Put { .. });
         let (op, fut): (
             String,
             std::pin::Pin<Box<dyn Future<Output = Outcome> + Send>>,
@@ -667,6 +675,7 @@ impl Conn {
             Req {
                 cancel: cancel_tx,
                 is_exec,
+                is_upload,
             },
         );
         let done = self.done.0.clone();
