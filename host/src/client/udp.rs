@@ -48,7 +48,15 @@ pub struct UdpClient {
 impl UdpClient {
     /// Resolve `host` and open a socket to it.
     pub async fn open(host: &HostSpec) -> Result<Self, Error> {
-        let addr = resolve(host).await?[0];
+        // A server listening on IPv4 only is the common case (the default
+        // --listen is 127.0.0.1): prefer an IPv4 address, as UDP cannot tell
+        // a wrong family from a lost datagram.
+        let addrs = resolve(host).await?;
+        let addr = addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .copied()
+            .unwrap_or(addrs[0]);
         let local: SocketAddr = if addr.is_ipv4() {
             "0.0.0.0:0".parse().expect("valid")
         } else {
