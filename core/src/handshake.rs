@@ -26,7 +26,7 @@
 use hmac::{KeyInit, Mac};
 use sha2::{Digest as _, Sha256};
 
-use crate::message::{Caps, Hello, HelloAck};
+use crate::message::{Caps, Hello, HelloAck, Proof};
 use crate::wire::{TAG_LEN, VERSION};
 
 /// Pre-shared key length in bytes.
@@ -58,6 +58,11 @@ pub enum HandshakeError {
     AuthRequired,
     /// A proof did not verify: the keys differ.
     BadProof,
+    /// The client holds a key but the server does not authenticate: refused,
+    /// since a man in the middle could have stripped authentication.
+    NotAuthenticated,
+    /// A handshake message arrived out of order.
+    OutOfOrder,
 }
 
 impl HandshakeError {
@@ -69,6 +74,8 @@ impl HandshakeError {
             HandshakeError::Limits => C::BAD_LENGTH,
             HandshakeError::AuthRequired => C::AUTH_REQUIRED,
             HandshakeError::BadProof => C::AUTH_FAILED,
+            HandshakeError::NotAuthenticated => C::AUTH_REQUIRED,
+            HandshakeError::OutOfOrder => C::UNEXPECTED,
         }
     }
 }
@@ -87,6 +94,11 @@ impl core::fmt::Display for HandshakeError {
                 )
             }
             HandshakeError::BadProof => write!(f, "authentication failed: the keys differ"),
+            HandshakeError::NotAuthenticated => write!(
+                f,
+                "the server does not authenticate, but a key is configured: refusing an unauthenticated session"
+            ),
+            HandshakeError::OutOfOrder => write!(f, "handshake message out of order"),
         }
     }
 }
@@ -145,9 +157,31 @@ impl Transcript {
     pub fn add(&mut self, header_bytes: &[u8]) {
         self.0.update(header_bytes);
     }
+    /// Add a header by its (canonical) encoding, without a buffer: the same
+    /// bytes as [`Transcript::add`] of the header as sent or received.
+    pub fn add_header(&mut self, header: &crate::Header<'_>) {
+        let _ = postcard::serialize_with_flavor::<_, _, ()>(header, HashFlavor(&mut self.0));
+    }
     /// The transcript hash.
     pub fn finish(self) -> [u8; 32] {
         self.0.finalize().into()
+    }
+}
+
+struct HashFlavor<'a>(&'a mut Sha256);
+
+impl postcard::ser_flavors::Flavor for HashFlavor<'_> {
+    type Output = ();
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.update([data]);
+        Ok(())
+    }
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.update(data);
+        Ok(())
+    }
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
@@ -287,6 +321,201 @@ impl Opener {
     }
 }
 
+/// The sealing state of an authenticated session, one side's view: a
+/// [`Sealer`] for frames it sends and an [`Opener`] for frames it receives.
+#[derive(Debug, Clone)]
+pub struct SessionKeys {
+    /// Tags outgoing frames.
+    pub seal: Sealer,
+    /// Checks incoming frames.
+    pub open: Opener,
+}
+
+fn keys(key: &[u8; KEY_LEN], t: &[u8; 32], send: Direction, recv: Direction) -> SessionKeys {
+    SessionKeys {
+        seal: Sealer::new(direction_key(key, t, send)),
+        open: Opener::new(direction_key(key, t, recv)),
+    }
+}
+
+/// The client side of the handshake, sans-IO.
+///
+/// Call order: [`ClientHandshake::hello`] → send it as request 0 → on
+/// HelloAck, [`ClientHandshake::handle_hello_ack`]: `Ok(None)` means the
+/// session is open unauthenticated; `Ok(Some(proof))` means send
+/// `Auth(proof)` and pass the server's AuthOk to
+/// [`ClientHandshake::handle_auth_ok`], which yields the [`SessionKeys`].
+#[derive(Debug, Clone)]
+pub struct ClientHandshake<'a> {
+    key: Option<[u8; KEY_LEN]>,
+    hello: Hello<'a>,
+    transcript: Transcript,
+    t: Option<[u8; 32]>,
+}
+
+impl<'a> ClientHandshake<'a> {
+    /// Start a handshake. With a key, Hello offers AUTH_PSK and SEAL, and the
+    /// client will refuse a server that does not authenticate.
+    pub fn new(
+        key: Option<[u8; KEY_LEN]>,
+        nonce: [u8; 16],
+        max_header: u16,
+        max_chunk: u32,
+        caps: Caps,
+        agent: &'a str,
+    ) -> Self {
+        let caps = if key.is_some() {
+            caps.union(Caps::AUTH_PSK).union(Caps::SEAL)
+        } else {
+            caps
+        };
+        let hello = Hello {
+            version: VERSION,
+            max_header,
+            max_chunk,
+            caps,
+            nonce,
+            agent,
+        };
+        let mut transcript = Transcript::new();
+        transcript.add_header(&crate::Header::new(0, crate::Message::Hello(hello.clone())));
+        ClientHandshake {
+            key,
+            hello,
+            transcript,
+            t: None,
+        }
+    }
+
+    /// The Hello to send (request id 0).
+    pub fn hello(&self) -> &Hello<'a> {
+        &self.hello
+    }
+
+    /// The server's HelloAck arrived. Returns the Auth proof to send, if the
+    /// server requires authentication.
+    pub fn handle_hello_ack(
+        &mut self,
+        ack: &HelloAck<'_>,
+    ) -> Result<Option<Proof>, HandshakeError> {
+        if self.t.is_some() {
+            return Err(HandshakeError::OutOfOrder);
+        }
+        if ack.version != VERSION {
+            return Err(HandshakeError::Version(ack.version));
+        }
+        let mut tr = self.transcript.clone();
+        tr.add_header(&crate::Header::new(
+            0,
+            crate::Message::HelloAck(ack.clone()),
+        ));
+        let t = tr.finish();
+        self.t = Some(t);
+        match (&self.key, ack.caps.contains(Caps::AUTH_PSK)) {
+            (Some(k), true) => Ok(Some(Proof {
+                mac: client_proof(k, &t),
+            })),
+            (None, true) => Err(HandshakeError::AuthRequired),
+            (Some(_), false) => Err(HandshakeError::NotAuthenticated),
+            (None, false) => Ok(None),
+        }
+    }
+
+    /// The server's AuthOk arrived: check its proof and derive the session keys.
+    pub fn handle_auth_ok(&mut self, proof: &Proof) -> Result<SessionKeys, HandshakeError> {
+        let (Some(k), Some(t)) = (&self.key, &self.t) else {
+            return Err(HandshakeError::OutOfOrder);
+        };
+        if !proofs_equal(&server_proof(k, t), &proof.mac) {
+            return Err(HandshakeError::BadProof);
+        }
+        Ok(keys(
+            k,
+            t,
+            Direction::ClientToServer,
+            Direction::ServerToClient,
+        ))
+    }
+}
+
+/// The server side of the handshake, sans-IO.
+///
+/// Call order: on Hello, [`ServerHandshake::handle_hello`] returns the
+/// HelloAck to send; then, if [`ServerHandshake::needs_auth`], the next frame
+/// must be Auth: [`ServerHandshake::handle_auth`] returns the AuthOk proof to
+/// send and the [`SessionKeys`]. Any other frame before that is refused with
+/// `AUTH_REQUIRED`.
+#[derive(Debug, Clone)]
+pub struct ServerHandshake {
+    key: Option<[u8; KEY_LEN]>,
+    t: Option<[u8; 32]>,
+    authed: bool,
+}
+
+impl ServerHandshake {
+    /// A server handshake; with a key, authentication is required.
+    pub fn new(key: Option<[u8; KEY_LEN]>) -> Self {
+        ServerHandshake {
+            key,
+            t: None,
+            authed: false,
+        }
+    }
+
+    /// Hello arrived: negotiate (adding AUTH_PSK and SEAL to the policy when a
+    /// key is set) and return the HelloAck to send.
+    pub fn handle_hello<'a>(
+        &mut self,
+        hello: &Hello<'_>,
+        policy: &ServerPolicy,
+        nonce: [u8; 16],
+        agent: &'a str,
+    ) -> Result<HelloAck<'a>, HandshakeError> {
+        if self.t.is_some() {
+            return Err(HandshakeError::OutOfOrder);
+        }
+        let mut policy = *policy;
+        if self.key.is_some() {
+            policy.caps = policy.caps.union(Caps::AUTH_PSK).union(Caps::SEAL);
+        }
+        let ack = negotiate(hello, &policy, nonce, agent)?;
+        let mut tr = Transcript::new();
+        tr.add_header(&crate::Header::new(0, crate::Message::Hello(hello.clone())));
+        tr.add_header(&crate::Header::new(
+            0,
+            crate::Message::HelloAck(ack.clone()),
+        ));
+        self.t = Some(tr.finish());
+        Ok(ack)
+    }
+
+    /// Whether the client must still send Auth.
+    pub fn needs_auth(&self) -> bool {
+        self.key.is_some() && !self.authed
+    }
+
+    /// Auth arrived: verify it; returns the AuthOk proof and the session keys.
+    pub fn handle_auth(&mut self, proof: &Proof) -> Result<(Proof, SessionKeys), HandshakeError> {
+        let (Some(k), Some(t)) = (&self.key, &self.t) else {
+            return Err(HandshakeError::OutOfOrder);
+        };
+        if self.authed {
+            return Err(HandshakeError::OutOfOrder);
+        }
+        if !proofs_equal(&client_proof(k, t), &proof.mac) {
+            return Err(HandshakeError::BadProof);
+        }
+        self.authed = true;
+        let reply = Proof {
+            mac: server_proof(k, t),
+        };
+        Ok((
+            reply,
+            keys(k, t, Direction::ServerToClient, Direction::ClientToServer),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod test {
     use super::*;
@@ -390,6 +619,97 @@ mod test {
             }
             assert_eq!(ok, Some(flip.is_none()));
         }
+    }
+
+    #[test]
+    fn client_and_server_agree_and_wrong_keys_fail() {
+        let policy = ServerPolicy {
+            max_header: 512,
+            max_chunk: 1024,
+            caps: Caps::EXEC,
+        };
+        for (ck, sk, want) in [
+            (Some([1u8; 32]), Some([1u8; 32]), Ok(())),
+            (
+                Some([1u8; 32]),
+                Some([2u8; 32]),
+                Err(HandshakeError::BadProof),
+            ),
+            (None, Some([2u8; 32]), Err(HandshakeError::AuthRequired)),
+            (Some([1u8; 32]), None, Err(HandshakeError::NotAuthenticated)),
+            (None, None, Ok(())),
+        ] {
+            let mut c = ClientHandshake::new(ck, [5; 16], 8192, 65536, Caps::empty(), "c");
+            let mut s = ServerHandshake::new(sk);
+            let ack = match s.handle_hello(c.hello(), &policy, [6; 16], "s") {
+                Ok(a) => a,
+                Err(e) => {
+                    assert_eq!(Err(e), want);
+                    continue;
+                }
+            };
+            let proof = match c.handle_hello_ack(&ack) {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    assert_eq!(want, Ok(()));
+                    assert!(!s.needs_auth());
+                    continue;
+                }
+                Err(e) => {
+                    assert_eq!(Err(e), want);
+                    continue;
+                }
+            };
+            let (ok, mut skeys) = match s.handle_auth(&proof) {
+                Ok(x) => x,
+                Err(e) => {
+                    assert_eq!(Err(e), want);
+                    continue;
+                }
+            };
+            let mut ckeys = c.handle_auth_ok(&ok).unwrap();
+            assert_eq!(want, Ok(()));
+            // c -> s sealed frame verifies.
+            let mut tb = ckeys.seal.begin(b"frame");
+            tb.update(b"body");
+            let tag = tb.finish();
+            let mut vb = skeys.open.begin(b"frame");
+            vb.update(b"body");
+            assert!(Opener::verify(vb, &tag));
+            // A replayed Auth is refused.
+            assert_eq!(
+                s.handle_auth(&proof).unwrap_err(),
+                HandshakeError::OutOfOrder
+            );
+        }
+    }
+
+    #[test]
+    fn transcript_binds_the_hello_fields() {
+        let policy = ServerPolicy {
+            max_header: 512,
+            max_chunk: 1024,
+            caps: Caps::EXEC,
+        };
+        let mut c = ClientHandshake::new(Some([1; 32]), [5; 16], 8192, 65536, Caps::empty(), "c");
+        let mut s = ServerHandshake::new(Some([1; 32]));
+        let mut ack = s.handle_hello(c.hello(), &policy, [6; 16], "s").unwrap();
+        // A man in the middle lowers the chunk size: proofs no longer match.
+        ack.max_chunk = 64;
+        let proof = c.handle_hello_ack(&ack).unwrap().unwrap();
+        assert_eq!(s.handle_auth(&proof).unwrap_err(), HandshakeError::BadProof);
+    }
+
+    #[test]
+    fn transcript_hash_equals_hash_of_encoded_bytes() {
+        let h = crate::Header::new(0, crate::Message::Echo { text: "abc" });
+        let mut buf = [0u8; 32];
+        let bytes = h.emit(&mut buf).unwrap();
+        let mut a = Transcript::new();
+        a.add(bytes);
+        let mut b = Transcript::new();
+        b.add_header(&h);
+        assert_eq!(a.finish(), b.finish());
     }
 
     #[test]
