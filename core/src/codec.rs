@@ -203,6 +203,8 @@ pub struct Decoder<B> {
     repr: Option<PrefixRepr>,
     tag: [u8; TAG_LEN],
     hunting: bool,
+    /// The End event of the frame in `repr` was returned and no input was fed since.
+    ended: bool,
 }
 
 /// What one [`Decoder::handle_bytes`] call yields besides the consumed count.
@@ -220,6 +222,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Decoder<B> {
             repr: None,
             tag: [0; TAG_LEN],
             hunting: false,
+            ended: false,
         };
         d.set_limits(limits);
         d
@@ -263,17 +266,32 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Decoder<B> {
         }
     }
 
+    /// The frame whose [`Event::End`] was the last event returned, until the
+    /// next call that feeds input: a receiver of sealed frames acts on a
+    /// frame only here, once its tag verified, without copying the header.
+    pub fn ended_frame(&self) -> Option<Frame<'_>> {
+        match (self.ended, self.repr) {
+            (true, Some(prefix)) => {
+                let header = &self.header_buf.as_ref()[..prefix.header_len as usize];
+                Some(Frame { prefix, header })
+            }
+            _ => None,
+        }
+    }
+
     /// Forget any partial frame and expect a frame start.
     pub fn reset(&mut self) {
         self.state = State::Prefix(0);
         self.hunting = false;
         self.repr = None;
+        self.ended = false;
     }
 
     fn fail<'s, 'i>(&mut self, used: usize, e: DecodeError) -> (usize, DecodeResult<'s, 'i>) {
         self.state = State::Hunt;
         self.hunting = true;
         self.repr = None;
+        self.ended = false;
         (used, Err(e))
     }
 
@@ -294,6 +312,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Decoder<B> {
     /// skipping bytes silently until a frame passes its checksum.
     pub fn handle_bytes<'s, 'i>(&'s mut self, input: &'i [u8]) -> (usize, DecodeResult<'s, 'i>) {
         let mut used = 0usize;
+        if !input.is_empty() {
+            // The header buffer may be overwritten from here on.
+            self.ended = false;
+            if self.state == State::Prefix(0) {
+                self.repr = None;
+            }
+        }
         loop {
             let rest = &input[used..];
             match self.state {
@@ -425,7 +450,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Decoder<B> {
                 State::EndReady => {
                     let sealed = self.repr.is_some_and(|r| r.flags.contains(Flags::SEALED));
                     self.state = State::Prefix(0);
-                    self.repr = None;
+                    // `repr` stays for `ended_frame` until more input is fed.
+                    self.ended = true;
                     let tag = if sealed { Some(self.tag) } else { None };
                     return (used, Ok(Some(Event::End { tag })));
                 }
@@ -688,5 +714,40 @@ mod test {
         }
         assert_eq!(tag, Some([0x11; TAG_LEN]));
         assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn ended_frame_lasts_until_more_input() {
+        let mut s = frame(&Header::new(4, Message::Ping { stamp: 5 }), &[]);
+        let next = frame(&Header::new(5, Message::Ping { stamp: 6 }), &[]);
+        s.extend(&next);
+        let mut hb = [0u8; 64];
+        let mut d = Decoder::new(&mut hb[..], BIG);
+        let first = s.len() - next.len();
+        let (n, r) = d.handle_bytes(&s[..first]);
+        assert!(matches!(r, Ok(Some(Event::Header(_)))));
+        assert!(d.ended_frame().is_none(), "not before its End");
+        let (m, r) = d.handle_bytes(&s[n..first]);
+        assert_eq!((m, r), (0, Ok(Some(Event::End { tag: None }))));
+        let f = d.ended_frame().unwrap();
+        assert_eq!(
+            f.parse().unwrap(),
+            Header::new(4, Message::Ping { stamp: 5 })
+        );
+        // Feeding nothing keeps it; feeding a byte of the next frame ends it.
+        assert_eq!(d.handle_bytes(&[]), (0, Ok(None)));
+        assert!(d.ended_frame().is_some());
+        let (k, r) = d.handle_bytes(&s[first..first + 1]);
+        assert_eq!((k, r), (1, Ok(None)));
+        assert!(d.ended_frame().is_none());
+        assert!(d.frame().is_none());
+        let (_, r) = d.handle_bytes(&s[first + 1..]);
+        let Ok(Some(Event::Header(f))) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            f.parse().unwrap(),
+            Header::new(5, Message::Ping { stamp: 6 })
+        );
     }
 }
