@@ -2,9 +2,10 @@
 //! built on the core's `AsyncFrameReader`, and a cloneable [`Writer`].
 //!
 //! Every frame sent goes through [`Writer::send`], and every frame received
-//! through [`Reader::next`] / [`Reader::body`]: the two places where the
-//! per-frame sealing of the security issue slots in (a `Sealer` in the
-//! writer, an `Opener` fed the reader's header and body bytes).
+//! through [`Reader::next`] / [`Reader::body_all`]: the two places where
+//! frames are sealed and checked once a session is authenticated (a
+//! [`Sealer`] in the writer, an [`Opener`] fed the reader's header and body
+//! bytes).
 
 use std::io::{self, IoSlice};
 use std::sync::Arc;
@@ -12,12 +13,13 @@ use std::time::Duration;
 
 use embedded_io_adapters::tokio_1::FromTokio;
 use tether_proto::codec::Limits;
+use tether_proto::handshake::{Opener, Sealer, TagBuilder};
 use tether_proto::io::AsyncFrameReader;
 use tether_proto::message::{Entry, EntryKind, Proof};
-use tether_proto::wire::{Flags, PREFIX_LEN};
+use tether_proto::wire::{Flags, PREFIX_LEN, TAG_LEN};
 use tether_proto::{
     encode_head, Argv, Caps, Command, DecodeError, Digest, ErrorCode, Exec, ExitStatus, FrameError,
-    Header, HeaderError, Hello, Message, Stream,
+    Header, HeaderError, Hello, HelloAck, Message, Stream,
 };
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -76,6 +78,18 @@ impl OwnedHello {
     /// As a Hello.
     pub fn as_hello(&self) -> Hello<'_> {
         Hello {
+            version: self.version,
+            max_header: self.max_header,
+            max_chunk: self.max_chunk,
+            caps: self.caps,
+            nonce: self.nonce,
+            agent: &self.agent,
+        }
+    }
+
+    /// As a HelloAck.
+    pub fn as_hello_ack(&self) -> HelloAck<'_> {
+        HelloAck {
             version: self.version,
             max_header: self.max_header,
             max_chunk: self.max_chunk,
@@ -347,8 +361,12 @@ pub struct Incoming {
     pub id: u32,
     /// The message.
     pub msg: Msg,
-    /// Length of the body that follows (read it with [`Reader::body`]).
+    /// Length of the body that follows (read it with [`Reader::body_all`]).
     pub body_len: u64,
+    /// Whether the frame carried a tag (flag SEALED). On a sealed session
+    /// every frame does and its tag verified; on an unsealed one a sealed
+    /// frame cannot be checked and its tag was skipped.
+    pub sealed: bool,
 }
 
 /// Why reading failed.
@@ -375,6 +393,19 @@ pub enum ReadError {
         /// The frame's body length.
         body_len: u64,
     },
+    /// On a sealed session, a frame's tag did not verify (it was altered,
+    /// replayed, reordered, spliced or cut short) or a frame came unsealed;
+    /// the connection cannot go on.
+    #[error("integrity check failed: {0}")]
+    Integrity(&'static str),
+    /// A frame's body does not fit the buffer offered for it.
+    #[error("a frame body of {len} bytes exceeds the {room}-byte buffer for it")]
+    BodyTooLong {
+        /// The body's length.
+        len: u64,
+        /// The buffer's.
+        room: usize,
+    },
 }
 
 impl From<FrameError<io::Error>> for ReadError {
@@ -392,15 +423,36 @@ impl From<FrameError<io::Error>> for ReadError {
 /// Size of a reader's receive buffer.
 const RX_BUF: usize = 64 * 1024;
 
+/// The frame being read on a sealed session: its tag so far, and (for a
+/// frame handed out only once verified) what to hand out.
+#[derive(Debug)]
+struct Cur {
+    tag: TagBuilder,
+    held: Option<Result<Incoming, ReadError>>,
+}
+
 /// Reads frames from the read half of a TCP connection.
+///
+/// Once [`Reader::set_opener`] was called (after authentication), every
+/// frame must be sealed and its tag is checked before the frame is handed
+/// out: [`Reader::next`] returns a frame without a body only after its tag
+/// verified, and a frame with a body right after its header; its body,
+/// read with [`Reader::body_all`], is returned only once the tag verified.
+/// A failure is [`ReadError::Integrity`].
 pub struct Reader {
     inner: AsyncFrameReader<FromTokio<OwnedReadHalf>, Vec<u8>, Vec<u8>>,
+    opener: Option<Opener>,
+    cur: Option<Cur>,
+    scratch: Vec<u8>,
+    /// A check failed: nothing more is read.
+    broken: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader")
             .field("limits", &self.inner.limits())
+            .field("sealed", &self.opener.is_some())
             .finish()
     }
 }
@@ -415,6 +467,10 @@ impl Reader {
                 vec![0u8; RX_BUF],
                 Limits::HANDSHAKE,
             ),
+            opener: None,
+            cur: None,
+            scratch: vec![0u8; 16 * 1024],
+            broken: None,
         }
     }
 
@@ -426,35 +482,115 @@ impl Reader {
         });
     }
 
-    /// The next frame's header (skipping the unread rest of the previous
-    /// frame). Cancel-safe: dropping the future loses no bytes.
-    pub async fn next(&mut self) -> Result<Incoming, ReadError> {
-        let frame = self.inner.read_frame().await?;
-        let body_len = frame.prefix.body_len;
-        match frame.parse() {
-            Ok(h) => Ok(Incoming {
-                id: h.request_id,
-                msg: Msg::from_message(&h.message),
-                body_len,
-            }),
-            Err(err) => Err(ReadError::Header { err, body_len }),
+    /// From the next frame on, require sealed frames and check their tags.
+    pub fn set_opener(&mut self, opener: Opener) {
+        self.opener = Some(opener);
+    }
+
+    /// Whether frames are checked.
+    pub fn is_sealed(&self) -> bool {
+        self.opener.is_some()
+    }
+
+    fn fail(&mut self, why: &'static str) -> ReadError {
+        self.broken = Some(why);
+        ReadError::Integrity(why)
+    }
+
+    /// Read what is left of the current sealed frame (feeding its tag),
+    /// check the tag, and give back what was held for after the check.
+    async fn finish_frame(&mut self) -> Result<Option<Result<Incoming, ReadError>>, ReadError> {
+        if self.cur.is_none() {
+            return Ok(None);
         }
-    }
-
-    /// Read body bytes of the current frame into `buf`; 0 means it is complete.
-    pub async fn body(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
-        Ok(self.inner.read_body(buf).await?)
-    }
-
-    /// Fill `buf` with the current frame's whole body (which must fit).
-    pub async fn body_exact(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
-        let mut have = 0;
-        while have < buf.len() {
-            let n = self.body(&mut buf[have..]).await?;
+        loop {
+            let n = self.inner.read_body(&mut self.scratch).await?;
             if n == 0 {
                 break;
             }
+            if let Some(c) = &mut self.cur {
+                c.tag.update(&self.scratch[..n]);
+            }
+        }
+        let Some(cur) = self.cur.take() else {
+            return Ok(None);
+        };
+        let Some(tag) = self.inner.tag() else {
+            return Err(self.fail("a sealed frame ended without its tag"));
+        };
+        if !Opener::verify(cur.tag, &tag) {
+            return Err(self
+                .fail("a frame's tag does not verify (altered, replayed, reordered or spliced)"));
+        }
+        Ok(cur.held)
+    }
+
+    /// The next frame's header (skipping the unread rest of the previous
+    /// frame). Cancel-safe: dropping the future loses no bytes.
+    pub async fn next(&mut self) -> Result<Incoming, ReadError> {
+        loop {
+            if let Some(why) = self.broken {
+                return Err(ReadError::Integrity(why));
+            }
+            if let Some(held) = self.finish_frame().await? {
+                return held;
+            }
+            let frame = self.inner.read_frame().await?;
+            let body_len = frame.prefix.body_len;
+            let sealed = frame.prefix.flags.contains(Flags::SEALED);
+            let parsed = match frame.parse() {
+                Ok(h) => Ok(Incoming {
+                    id: h.request_id,
+                    msg: Msg::from_message(&h.message),
+                    body_len,
+                    sealed,
+                }),
+                Err(err) => Err(ReadError::Header { err, body_len }),
+            };
+            let Some(opener) = &mut self.opener else {
+                return parsed;
+            };
+            if !sealed {
+                return Err(self.fail("a frame arrived unsealed on a sealed session"));
+            }
+            let tag = opener.begin_frame(&frame);
+            if matches!(&parsed, Ok(i) if i.body_len > 0) {
+                // The caller reads (and so verifies) the body.
+                self.cur = Some(Cur { tag, held: None });
+                return parsed;
+            }
+            self.cur = Some(Cur {
+                tag,
+                held: Some(parsed),
+            });
+        }
+    }
+
+    /// Read the current frame's whole body into `buf` (which must hold it)
+    /// and, on a sealed session, check the frame's tag: the bytes are only
+    /// returned once they verified.
+    pub async fn body_all(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
+        let len = self.inner.body_remaining();
+        if len > buf.len() as u64 {
+            return Err(ReadError::BodyTooLong {
+                len,
+                room: buf.len(),
+            });
+        }
+        let len = len as usize;
+        let mut have = 0;
+        while have < len {
+            let n = self.inner.read_body(&mut buf[have..len]).await?;
+            if n == 0 {
+                break;
+            }
+            if let Some(c) = &mut self.cur {
+                c.tag.update(&buf[have..have + n]);
+            }
             have += n;
+        }
+        if let Some(Err(e)) = self.finish_frame().await? {
+            return Err(e);
         }
         Ok(have)
     }
@@ -474,11 +610,6 @@ impl Reader {
         })
         .await;
     }
-
-    /// Read and drop the rest of the current frame's body.
-    pub async fn skip_body(&mut self) -> Result<(), ReadError> {
-        Ok(self.inner.skip_body().await?)
-    }
 }
 
 struct WriterInner {
@@ -486,12 +617,18 @@ struct WriterInner {
     scratch: Vec<u8>,
     max_header: usize,
     failed: bool,
+    sealer: Option<Sealer>,
 }
 
 /// Sends frames; cheap to clone, one frame at a time (frames of concurrent
 /// requests interleave whole). A frame that cannot be written within the
 /// stall timeout fails the writer, so a peer that stops reading cannot hold
 /// a task forever.
+///
+/// After [`Writer::set_sealer`] every frame is sealed: flag SEALED and a
+/// 16-byte tag over the sequence number, prefix, header and body. Tags are
+/// computed under the same lock that orders the writes, so sequence numbers
+/// follow the order frames reach the wire.
 #[derive(Clone)]
 pub struct Writer {
     inner: Arc<tokio::sync::Mutex<WriterInner>>,
@@ -515,9 +652,16 @@ impl Writer {
         Writer {
             inner: Arc::new(tokio::sync::Mutex::new(WriterInner {
                 io: Box::new(wr),
-                scratch: vec![0u8; PREFIX_LEN + tether_proto::HOST_MAX_HEADER as usize + COALESCE],
+                scratch: vec![
+                    0u8;
+                    PREFIX_LEN
+                        + tether_proto::HOST_MAX_HEADER as usize
+                        + COALESCE
+                        + TAG_LEN
+                ],
                 max_header: Limits::HANDSHAKE.max_header as usize,
                 failed: false,
+                sealer: None,
             })),
             stall,
         }
@@ -526,6 +670,11 @@ impl Writer {
     /// Apply the negotiated header limit.
     pub async fn set_max_header(&self, max_header: u16) {
         self.inner.lock().await.max_header = max_header as usize;
+    }
+
+    /// Seal every frame sent from now on.
+    pub async fn set_sealer(&self, sealer: Sealer) {
+        self.inner.lock().await.sealer = Some(sealer);
     }
 
     /// Send one frame with `body`.
@@ -540,14 +689,14 @@ impl Writer {
         }
         let inner = &mut *g;
         let max_header = inner.max_header;
-        let head = encode_head(
-            &header,
-            body.len() as u64,
-            Flags::empty(),
-            &mut inner.scratch,
-        )
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?
-        .len();
+        let flags = if inner.sealer.is_some() {
+            Flags::SEALED
+        } else {
+            Flags::empty()
+        };
+        let head = encode_head(&header, body.len() as u64, flags, &mut inner.scratch)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?
+            .len();
         if head - PREFIX_LEN > max_header {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -558,16 +707,29 @@ impl Writer {
                 ),
             ));
         }
+        // From here on the frame counts: its sequence number is taken.
+        let tag = inner.sealer.as_mut().map(|s| {
+            let mut t = s.begin(&inner.scratch[..head]);
+            t.update(body);
+            t.finish()
+        });
+        let tag_len = if tag.is_some() { TAG_LEN } else { 0 };
         let write = async {
             if body.len() <= COALESCE {
                 inner.scratch[head..head + body.len()].copy_from_slice(body);
-                inner
-                    .io
-                    .write_all(&inner.scratch[..head + body.len()])
-                    .await?;
+                let end = head + body.len();
+                if let Some(t) = &tag {
+                    inner.scratch[end..end + TAG_LEN].copy_from_slice(t);
+                }
+                inner.io.write_all(&inner.scratch[..end + tag_len]).await?;
             } else {
-                // Head and body in one system call where the socket takes both.
-                let mut bufs = [IoSlice::new(&inner.scratch[..head]), IoSlice::new(body)];
+                // Head, body and tag in one system call where the socket takes them.
+                let tag_bytes = tag.unwrap_or([0; TAG_LEN]);
+                let mut bufs = [
+                    IoSlice::new(&inner.scratch[..head]),
+                    IoSlice::new(body),
+                    IoSlice::new(&tag_bytes[..tag_len]),
+                ];
                 let mut rest = &mut bufs[..];
                 while !rest.is_empty() {
                     let n = inner.io.write_vectored(rest).await?;

@@ -86,6 +86,26 @@ pub enum Error {
         /// The server's text.
         message: String,
     },
+    /// On a sealed session, a frame failed its check.
+    #[error("integrity check failed: the connection was tampered with or corrupted ({detail}; server {host}); run the command again, and check the network path if it recurs")]
+    Integrity {
+        /// The host.
+        host: String,
+        /// What failed.
+        detail: String,
+    },
+    /// A key is set but the server does not authenticate.
+    #[error("{host} does not authenticate, but a key is set: refusing an unprotected session (a man in the middle could have removed authentication); start the server with the same key (`tether serve --key-file PATH`), or pass --insecure to connect without protection")]
+    Unauthenticated {
+        /// The host.
+        host: String,
+    },
+    /// The server could not prove it holds the key.
+    #[error("{host} did not prove that it holds the key: it is not the server you meant, or its key differs from yours; check both key files")]
+    ServerProof {
+        /// The host.
+        host: String,
+    },
     /// The connection broke.
     #[error("connection to {host} lost: {detail}; run the command again (transfers resume where they stopped)")]
     Lost {
@@ -168,7 +188,19 @@ pub fn hint(code: ErrorCode) -> &'static str {
         ErrorCode::DIGEST_MISMATCH => "; run the command again",
         ErrorCode::TOO_LARGE => "; shorten the request",
         ErrorCode::UNSUPPORTED_VERSION => "; update the older side",
-        ErrorCode::AUTH_REQUIRED => "; this server requires a pre-shared key",
+        ErrorCode::AUTH_REQUIRED => {
+            "; get the server's key file and pass --key-file PATH (or set TETHER_KEY_FILE=PATH)"
+        }
+        ErrorCode::AUTH_FAILED => {
+            "; client and server must use the same key file (`tether keygen` writes one)"
+        }
+        ErrorCode::INTEGRITY => {
+            "; the connection was tampered with or corrupted: run the command again"
+        }
+        ErrorCode::READ_ONLY => "; the server was started with --read-only",
+        ErrorCode::NOT_ALLOWED => {
+            "; ask the server's operator to add the program with --allow-cmd"
+        }
         _ => "",
     }
 }

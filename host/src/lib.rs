@@ -9,8 +9,11 @@
 //!   stalled peer only ever delays itself.
 //! * Frames are read with the core's [`AsyncFrameReader`](tether_proto::io::AsyncFrameReader)
 //!   (bodies go straight from the socket into the caller's buffer) and
-//!   written by [`conn::Writer`], the one place every outgoing frame passes
-//!   (where per-frame sealing will be slotted in).
+//!   written by [`conn::Writer`], the one place every outgoing frame passes.
+//! * With a pre-shared key ([`key`]) both sides authenticate in the
+//!   handshake (the core's sans-IO [`tether_proto::handshake`], the same
+//!   state machine the device runs) and every later frame is sealed with a
+//!   per-direction sequence number; see `docs/SECURITY.md`.
 //! * File transfers stream in constant memory through a small pool of
 //!   chunk buffers, hashing with SHA-256 on a blocking thread while the
 //!   network side sends or receives: never a second pass.
@@ -23,6 +26,7 @@ pub mod addr;
 pub mod client;
 pub mod conn;
 pub mod error;
+pub mod key;
 pub mod pool;
 pub mod progress;
 pub mod server;

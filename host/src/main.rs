@@ -14,7 +14,8 @@ use tether_host::client::transfer::{get, part_path, put, Report, TransferOpts};
 use tether_host::client::udp::{UdpClient, UdpOpts};
 use tether_host::client::{connect, fs, ConnectOpts};
 use tether_host::conn::{Msg, OwnedCommand};
-use tether_host::server::{bind, serve, ServerConfig};
+use tether_host::key;
+use tether_host::server::{bind, check_exposure, serve, ServerConfig};
 use tether_proto::Message;
 
 const ABOUT: &str =
@@ -25,11 +26,20 @@ Run commands and move files over one framed protocol, on a PC or a microcontroll
 
 One machine serves (`tether serve`), others connect with the client commands.
 HOST is host[:port]; the default port is 7117 (TCP for commands and files, UDP
-for echo, time and ping, on the same port).";
+for echo, time and ping, on the same port).
+
+Keys: `tether keygen FILE` writes a pre-shared key. A server started with it
+(`--key-file FILE`, or TETHER_KEY_FILE=FILE, or TETHER_KEY=<64 hex>) serves only
+clients holding the same key, and every frame is then sealed against tampering,
+replay and reordering (not encrypted). Keys are never taken on the command line.
+Without a key a server listens on loopback only unless --insecure is given.";
 
 const EXAMPLES: &str = "\
 Examples:
-  tether serve --root /srv/share --allow-exec     serve a directory, allow commands
+  tether keygen box.key                           make a key (copy it to clients securely)
+  tether serve --key-file box.key --listen 0.0.0.0:7117 --root /srv/share
+  TETHER_KEY_FILE=box.key tether ls box           a client with the key
+  tether serve --root /srv/share --allow-exec     serve a directory on loopback, allow commands
   tether exec box -- uname -a                     run a command (no shell)
   tether exec box --shell 'ls | wc -l'            run a shell line
   tether put box ./image.bin fw/image.bin         upload (resumes if interrupted)
@@ -60,6 +70,17 @@ struct Cli {
     /// Limit for connecting and for the handshake.
     #[arg(long, global = true, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
     connect_timeout: Duration,
+    /// Pre-shared key file (from `tether keygen`); else $TETHER_KEY_FILE, else
+    /// $TETHER_KEY (64 hex digits). The file must be readable by its owner only.
+    #[arg(long, global = true, value_name = "PATH")]
+    key_file: Option<PathBuf>,
+    /// serve: allow serving without a key on a non-loopback address. Clients:
+    /// with a key set, still connect to a server that does not authenticate.
+    #[arg(long, global = true)]
+    insecure: bool,
+    /// Refused: a key on the command line is visible to every local user.
+    #[arg(long, global = true, hide = true, value_name = "KEY")]
+    key: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -73,6 +94,19 @@ enum Cmd {
     /// accepting, lets transfers in flight finish within --shutdown-grace and
     /// keeps interrupted uploads resumable; a second signal stops at once.
     Serve(ServeArgs),
+    /// Write a new random pre-shared key (64 hex digits) to PATH, mode 0600.
+    ///
+    /// Give the file to the server (`tether serve --key-file PATH`) and to
+    /// each client (`--key-file PATH` or TETHER_KEY_FILE=PATH), copying it
+    /// over a secure channel. An existing file is kept unless --force.
+    Keygen {
+        /// Where to write the key.
+        #[arg(default_value = "tether.key")]
+        path: PathBuf,
+        /// Replace an existing file (its old key stops working).
+        #[arg(long)]
+        force: bool,
+    },
     /// Run a command on the server; its output streams here as it is produced.
     ///
     /// The command runs from its argv, without a shell, unless --shell is given.
@@ -182,6 +216,17 @@ struct ServeArgs {
     /// Run commands for clients (they run in --root, as this user).
     #[arg(long)]
     allow_exec: bool,
+    /// With --allow-exec: run only this program (repeatable). argv[0] must
+    /// equal NAME exactly: a bare name is looked up in the server's PATH, a
+    /// path allows only that path. Shell lines are then refused.
+    #[arg(long = "allow-cmd", value_name = "NAME", requires = "allow_exec")]
+    allow_cmd: Vec<String>,
+    /// Refuse uploads and removals (downloads, listing and stat still work).
+    #[arg(long)]
+    read_only: bool,
+    /// Most downloads and uploads running at once; more are refused as busy.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_transfers: usize,
     /// Most connections at once; more are refused as busy.
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_connections: usize,
@@ -294,6 +339,15 @@ fn init_logging(cli: &Cli) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.key.is_some() {
+        use clap::CommandFactory as _;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "keys are never taken on the command line (every local user can read it in the process list): put the key in a file (`tether keygen PATH`) and pass --key-file PATH or set TETHER_KEY_FILE=PATH",
+            )
+            .exit();
+    }
     if let Cmd::Exec(a) = &cli.cmd {
         if a.shell.is_none() && a.command.is_empty() {
             use clap::CommandFactory as _;
@@ -335,12 +389,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn connect_opts(cli: &Cli) -> ConnectOpts {
-    ConnectOpts {
+/// The key, if one is configured (a configured but unusable one is an error).
+fn load_key(cli: &Cli) -> anyhow::Result<Option<key::Key>> {
+    match key::load(cli.key_file.as_deref())? {
+        Some((k, from)) => {
+            tracing::debug!("using the key from {from}");
+            Ok(Some(k))
+        }
+        None => Ok(None),
+    }
+}
+
+fn connect_opts(cli: &Cli) -> anyhow::Result<ConnectOpts> {
+    Ok(ConnectOpts {
         retries: cli.retries.unwrap_or(0),
         retry_delay: cli.retry_delay,
         connect_timeout: cli.connect_timeout,
-    }
+        key: load_key(cli)?,
+        insecure: cli.insecure,
+    })
 }
 
 fn udp_opts(cli: &Cli, timeout: Duration) -> UdpOpts {
@@ -388,18 +455,39 @@ async fn interruptible<T>(
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
-    let copts = connect_opts(&cli);
     let quiet = cli.quiet > 0;
+    let tcp = !matches!(
+        cli.cmd,
+        Cmd::Serve(_) | Cmd::Keygen { .. } | Cmd::Echo { .. } | Cmd::Time { .. } | Cmd::Ping { .. }
+    );
+    let copts = if tcp {
+        connect_opts(&cli)?
+    } else {
+        ConnectOpts::default()
+    };
     match &cli.cmd {
+        Cmd::Keygen { path, force } => {
+            key::keygen(path, *force)?;
+            let p = path.display();
+            println!("wrote a new key to {p} (mode 0600)");
+            eprintln!(
+                "use it: on the server `tether serve --key-file {p} ...`; on each client `--key-file {p}` or `export TETHER_KEY_FILE={p}`.\ncopy it to clients over a secure channel (scp, a password manager); anyone holding it can use the server."
+            );
+            Ok(0)
+        }
         Cmd::Serve(a) => {
-            let cfg = ServerConfig {
-                root: a.root.clone(),
-                allow_exec: a.allow_exec,
-                max_connections: a.max_connections.max(1),
-                handshake_timeout: a.handshake_timeout,
-                idle_timeout: a.idle_timeout,
-                shutdown_grace: a.shutdown_grace,
-            };
+            let key = load_key(&cli)?;
+            check_exposure(a.listen, key.is_some(), cli.insecure).map_err(anyhow::Error::msg)?;
+            let mut cfg = ServerConfig::new(a.root.clone());
+            cfg.allow_exec = a.allow_exec;
+            cfg.max_connections = a.max_connections.max(1);
+            cfg.handshake_timeout = a.handshake_timeout;
+            cfg.idle_timeout = a.idle_timeout;
+            cfg.shutdown_grace = a.shutdown_grace;
+            cfg.key = key;
+            cfg.read_only = a.read_only;
+            cfg.allow_cmds = (!a.allow_cmd.is_empty()).then(|| a.allow_cmd.clone());
+            cfg.max_transfers = a.max_transfers.max(1);
             if !a.root.is_dir() {
                 bail!(
                     "--root '{}' is not a directory: create it or name another one",

@@ -10,13 +10,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tether_proto::{Caps, Hello, Message};
+use tether_proto::handshake::{ClientHandshake, HandshakeError};
+use tether_proto::{Caps, ErrorCode, Message};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::addr::HostSpec;
 use crate::conn::{Incoming, Msg, ReadError, Reader, Writer};
 use crate::error::Error;
+use crate::key::Key;
 
 /// How to connect.
 #[derive(Debug, Clone)]
@@ -27,6 +29,12 @@ pub struct ConnectOpts {
     pub retry_delay: Duration,
     /// Limit for the TCP connect and for the handshake.
     pub connect_timeout: Duration,
+    /// The pre-shared key: with one, the server must prove it holds the
+    /// same key and every frame is sealed.
+    pub key: Option<Key>,
+    /// With a key, still accept a server that does not authenticate
+    /// (unprotected session).
+    pub insecure: bool,
 }
 
 impl Default for ConnectOpts {
@@ -35,6 +43,8 @@ impl Default for ConnectOpts {
             retries: 0,
             retry_delay: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(10),
+            key: None,
+            insecure: false,
         }
     }
 }
@@ -56,6 +66,8 @@ pub struct Session {
     pub caps: Caps,
     /// The server's software.
     pub server_agent: String,
+    /// Whether the session is authenticated and every frame sealed.
+    pub sealed: bool,
     next_id: u32,
 }
 
@@ -151,32 +163,44 @@ async fn try_connect(
     let (rd, wr) = stream.into_split();
     let mut reader = Reader::new(rd);
     let writer = Writer::new(wr, Duration::from_secs(300));
-    let hello = Hello {
-        version: tether_proto::wire::VERSION,
-        max_header: tether_proto::HOST_MAX_HEADER,
-        max_chunk: tether_proto::HOST_MAX_CHUNK,
-        caps: Caps::empty(),
-        nonce: rand::random(),
-        agent: crate::AGENT,
-    };
+    let deadline = tokio::time::Instant::now() + opts.connect_timeout;
+    let fail = |e: Error| Err(Attempt::Fail(e));
     let not_tether = |detail: String| {
         Attempt::Fail(Error::NotTether {
             host: label.to_string(),
             detail,
         })
     };
-    if let Err(e) = writer.send(0, Message::Hello(hello), &[]).await {
+    let nonce = crate::key::nonce().map_err(|e| {
+        Attempt::Fail(Error::Connect {
+            host: label.to_string(),
+            source: e,
+        })
+    })?;
+    let mut hs = ClientHandshake::new(
+        opts.key.as_ref().map(|k| k.0),
+        nonce,
+        tether_proto::HOST_MAX_HEADER,
+        tether_proto::HOST_MAX_CHUNK,
+        Caps::empty(),
+        crate::AGENT,
+    );
+    if let Err(e) = writer
+        .send(0, Message::Hello(hs.hello().clone()), &[])
+        .await
+    {
         return Err(not_tether(format!(
             "it closed the connection at once ({e})"
         )));
     }
-    let reply = match tokio::time::timeout(opts.connect_timeout, reader.next()).await {
-        Err(_) => {
-            return Err(Attempt::Fail(Error::HandshakeTimeout {
-                host: label.to_string(),
-                after: opts.connect_timeout,
-            }))
-        }
+    let timeout = || {
+        Attempt::Fail(Error::HandshakeTimeout {
+            host: label.to_string(),
+            after: opts.connect_timeout,
+        })
+    };
+    let reply = match tokio::time::timeout_at(deadline, reader.next()).await {
+        Err(_) => return Err(timeout()),
         Ok(Ok(r)) => r,
         Ok(Err(ReadError::Decode(e))) => {
             return Err(not_tether(format!(
@@ -194,45 +218,119 @@ async fn try_connect(
             )))
         }
     };
-    match reply.msg {
-        Msg::HelloAck(ack) => {
-            let max_chunk = ack.max_chunk.min(tether_proto::HOST_MAX_CHUNK);
-            let max_header = ack.max_header.min(tether_proto::HOST_MAX_HEADER);
-            reader.set_limits(max_header, max_chunk);
-            writer.set_max_header(max_header).await;
-            debug!(
-                "connected to {label} ({addr}): {} chunk {max_chunk} header {max_header} caps {:#x}",
-                ack.agent, ack.caps.0
-            );
-            // Authentication (AUTH_PSK in ack.caps) slots in here.
-            Ok(Session {
-                reader,
-                writer,
+    let rejected = |code: ErrorCode, message: String| {
+        let e = Error::Rejected {
+            host: label.to_string(),
+            code,
+            message,
+        };
+        if code == ErrorCode::BUSY {
+            Attempt::Retry(e)
+        } else {
+            Attempt::Fail(e)
+        }
+    };
+    let ack = match reply.msg {
+        Msg::HelloAck(ack) => ack,
+        Msg::Error { code, message } => return Err(rejected(code, message)),
+        other => {
+            return Err(not_tether(format!(
+                "it answered Hello with {}",
+                other.name()
+            )))
+        }
+    };
+    let mut sealed = false;
+    match hs.handle_hello_ack(&ack.as_hello_ack()) {
+        Ok(None) => {}
+        Err(HandshakeError::NotAuthenticated) if opts.insecure => {
+            warn!("{label} does not authenticate: continuing without protection (--insecure)");
+        }
+        Err(HandshakeError::NotAuthenticated) => {
+            return fail(Error::Unauthenticated {
                 host: label.to_string(),
-                addr,
-                max_chunk: max_chunk as usize,
-                caps: ack.caps,
-                server_agent: ack.agent,
-                next_id: 1,
             })
         }
-        Msg::Error { code, message } => {
-            let e = Error::Rejected {
+        Err(HandshakeError::AuthRequired) => {
+            return fail(Error::Rejected {
                 host: label.to_string(),
-                code,
-                message,
-            };
-            if code == tether_proto::ErrorCode::BUSY {
-                Err(Attempt::Retry(e))
-            } else {
-                Err(Attempt::Fail(e))
-            }
+                code: ErrorCode::AUTH_REQUIRED,
+                message: "the server requires authentication, and no key is set".into(),
+            })
         }
-        other => Err(not_tether(format!(
-            "it answered Hello with {}",
-            other.name()
-        ))),
+        Err(e) => {
+            return Err(not_tether(format!("its HelloAck is not acceptable: {e}")));
+        }
+        Ok(Some(proof)) => {
+            if let Err(e) = writer.send(0, Message::Auth(proof), &[]).await {
+                return fail(Error::Lost {
+                    host: label.to_string(),
+                    detail: format!("sending Auth: {e}"),
+                });
+            }
+            let r = match tokio::time::timeout_at(deadline, reader.next()).await {
+                Err(_) => return Err(timeout()),
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    return fail(Error::Lost {
+                        host: label.to_string(),
+                        detail: format!("during authentication: {e}"),
+                    })
+                }
+            };
+            let keys = match r.msg {
+                Msg::AuthOk(p) if r.body_len == 0 && !r.sealed => match hs.handle_auth_ok(&p) {
+                    Ok(k) => k,
+                    Err(_) => {
+                        return fail(Error::ServerProof {
+                            host: label.to_string(),
+                        })
+                    }
+                },
+                Msg::Error { code, message } => return Err(rejected(code, message)),
+                other => {
+                    return fail(Error::Protocol {
+                        host: label.to_string(),
+                        detail: format!("expected AuthOk, got {}", other.name()),
+                    })
+                }
+            };
+            if !ack.caps.contains(Caps::SEAL) {
+                return fail(Error::Protocol {
+                    host: label.to_string(),
+                    detail: "the server authenticated but does not seal frames".into(),
+                });
+            }
+            writer.set_sealer(keys.seal).await;
+            reader.set_opener(keys.open);
+            sealed = true;
+        }
     }
+    let max_chunk = ack.max_chunk.min(tether_proto::HOST_MAX_CHUNK);
+    let max_header = ack.max_header.min(tether_proto::HOST_MAX_HEADER);
+    reader.set_limits(max_header, max_chunk);
+    writer.set_max_header(max_header).await;
+    debug!(
+        "connected to {label} ({addr}): {} chunk {max_chunk} header {max_header} caps {:#x}{}",
+        ack.agent,
+        ack.caps.0,
+        if sealed {
+            ", authenticated, sealed"
+        } else {
+            ""
+        }
+    );
+    Ok(Session {
+        reader,
+        writer,
+        host: label.to_string(),
+        addr,
+        max_chunk: max_chunk as usize,
+        caps: ack.caps,
+        server_agent: ack.agent,
+        sealed,
+        next_id: 1,
+    })
 }
 
 impl Session {
@@ -295,15 +393,27 @@ impl Session {
                 Err(self.protocol(format!("a frame's header does not parse: {err}")))
             }
             Err(ReadError::Decode(e)) => Err(self.protocol(e.to_string())),
-            Err(e) => Err(self.lost(e.to_string())),
+            Err(e) => Err(self.read_error(e)),
         }
     }
 
-    /// Read the current frame's body into `buf` (at most its length).
+    fn read_error(&self, e: ReadError) -> Error {
+        match e {
+            ReadError::Integrity(why) => Error::Integrity {
+                host: self.host.clone(),
+                detail: why.to_string(),
+            },
+            ReadError::BodyTooLong { .. } => self.protocol(e.to_string()),
+            e => self.lost(e.to_string()),
+        }
+    }
+
+    /// Read the current frame's whole body into `buf`, which must hold it
+    /// (on a sealed session the bytes are returned only once they verified).
     pub async fn body(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
-        match self.reader.body_exact(buf).await {
+        match self.reader.body_all(buf).await {
             Ok(n) => Ok(n),
-            Err(e) => Err(self.lost(e.to_string())),
+            Err(e) => Err(self.read_error(e)),
         }
     }
 

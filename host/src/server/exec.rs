@@ -170,3 +170,57 @@ async fn pump<R: AsyncRead + Unpin>(
         sent += n as u64;
     }
 }
+
+/// Check `command` against the allow-list: argv[0] must equal an entry
+/// exactly (a bare name is then found through the server's PATH; a path
+/// allows only that path), and shell lines are refused, since a shell line
+/// can run anything.
+pub fn check_allowed(command: &OwnedCommand, allowed: &[String]) -> Result<(), ReqError> {
+    match command {
+        OwnedCommand::Shell(_) => Err(ReqError::new(
+            ErrorCode::NOT_ALLOWED,
+            "shell lines are refused: this server runs only the commands on its allow-list (--allow-cmd), which a shell line could get around; run the program as an argv (`tether exec HOST -- PROGRAM ARGS`)".into(),
+        )),
+        OwnedCommand::Argv(args) => {
+            let prog = args.first().map(String::as_str).unwrap_or("");
+            if allowed.iter().any(|a| a == prog) {
+                return Ok(());
+            }
+            let mut list = allowed.join(", ");
+            if list.len() > 200 {
+                list = format!("{}…", crate::conn::clip(&list, 200));
+            }
+            Err(ReqError::new(
+                ErrorCode::NOT_ALLOWED,
+                format!(
+                    "'{}' is not on this server's allow-list (it runs only: {list}); names must match exactly, paths included",
+                    crate::conn::clip(prog, 100)
+                ),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list_matches_argv0_exactly() {
+        let allowed = vec!["ls".to_string(), "/usr/bin/env".to_string()];
+        let argv = |a: &[&str]| OwnedCommand::Argv(a.iter().map(|s| s.to_string()).collect());
+        assert!(check_allowed(&argv(&["ls", "-l"]), &allowed).is_ok());
+        assert!(check_allowed(&argv(&["/usr/bin/env"]), &allowed).is_ok());
+        for bad in [
+            argv(&["/bin/ls"]),
+            argv(&["./ls"]),
+            argv(&["env"]),
+            argv(&["LS"]),
+            argv(&[""]),
+            OwnedCommand::Shell("ls".into()),
+        ] {
+            let e = check_allowed(&bad, &allowed).unwrap_err();
+            assert_eq!(e.code, ErrorCode::NOT_ALLOWED, "{bad:?}");
+        }
+    }
+}

@@ -12,20 +12,21 @@
 //! grace period; whatever is cut off stays resumable (a Put's partial is
 //! kept beside its destination, a Get's on the client).
 
+pub mod backoff;
 pub mod exec;
 pub mod files;
 pub mod udp;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
-use tether_proto::handshake::{negotiate, ServerPolicy};
+use tether_proto::handshake::{HandshakeError, ServerHandshake, ServerPolicy};
 use tether_proto::{Caps, Digest, ErrorCode, Message};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -33,6 +34,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::conn::{Incoming, Msg, OwnedCommand, ReadError, Reader, Writer};
+use crate::key::Key;
 use crate::pool::{Chunk, Pool, Returner};
 use files::{RelPath, Root};
 
@@ -52,6 +54,50 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// How long transfers in flight may go on after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// The pre-shared key: with one, every connection must authenticate
+    /// and every frame after that is sealed.
+    pub key: Option<Key>,
+    /// Refuse Put and Remove (READ_ONLY).
+    pub read_only: bool,
+    /// When set, Exec runs only programs whose argv[0] equals one of these
+    /// exactly, and shell lines are refused (NOT_ALLOWED).
+    pub allow_cmds: Option<Vec<String>>,
+    /// Most Get and Put requests running at once, server-wide; more are
+    /// refused with BUSY.
+    pub max_transfers: usize,
+}
+
+impl ServerConfig {
+    /// A configuration with the defaults of `tether serve` for `root`.
+    pub fn new(root: PathBuf) -> Self {
+        ServerConfig {
+            root,
+            allow_exec: false,
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(10),
+            key: None,
+            read_only: false,
+            allow_cmds: None,
+            max_transfers: 64,
+        }
+    }
+}
+
+/// What a client without the key is told.
+pub const AUTH_REQUIRED_TEXT: &str =
+    "this server requires a key: set TETHER_KEY_FILE or use --key-file";
+
+/// Whether serving on `listen` is allowed: without a key only a loopback
+/// address is, unless `insecure`.
+pub fn check_exposure(listen: SocketAddr, keyed: bool, insecure: bool) -> Result<(), String> {
+    if keyed || insecure || listen.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing to serve on {listen} without a key: anyone who can reach that address could read and write the files under --root (and run commands, with --allow-exec). Create a key with `tether keygen tether.key`, then start with `--key-file tether.key` (or TETHER_KEY_FILE=tether.key) and give clients the same file; or listen on 127.0.0.1; or pass --insecure to serve unauthenticated anyway"
+    ))
 }
 
 /// Most requests in flight on one connection.
@@ -117,6 +163,8 @@ struct Ctx {
     cfg: ServerConfig,
     root: Root,
     uploads: Mutex<HashSet<String>>,
+    transfers: Arc<Semaphore>,
+    backoff: backoff::Backoff,
 }
 
 /// Marks a destination as being uploaded to, for the guard's lifetime.
@@ -164,17 +212,27 @@ pub async fn serve(
     })?;
     let addr = bound.local_addr()?;
     info!(
-        "serving {} on {addr} (tcp and udp), exec {}",
+        "serving {} on {addr} (tcp and udp), exec {}{}",
         root.path().display(),
-        if cfg.allow_exec {
-            "enabled"
-        } else {
-            "disabled"
-        }
+        match (&cfg.allow_exec, &cfg.allow_cmds) {
+            (false, _) => "disabled".to_string(),
+            (true, None) => "enabled".to_string(),
+            (true, Some(l)) => format!("limited to {}", l.join(", ")),
+        },
+        if cfg.read_only { ", read-only" } else { "" }
     );
+    if cfg.key.is_some() {
+        info!("key set: clients must authenticate; every frame after that is sealed (HMAC-SHA256, not encrypted)");
+    } else if addr.ip().is_loopback() {
+        warn!("no key: serving unauthenticated on loopback only");
+    } else {
+        warn!("no key and --insecure: serving UNAUTHENTICATED on {addr}; anyone who can reach it is served");
+    }
     let ctx = Arc::new(Ctx {
         root,
         uploads: Mutex::new(HashSet::new()),
+        transfers: Arc::new(Semaphore::new(cfg.max_transfers.max(1))),
+        backoff: backoff::Backoff::new(),
         cfg,
     });
     let (sd_tx, sd_rx) = watch::channel(false);
@@ -187,6 +245,16 @@ pub async fn serve(
             _ = &mut shutdown => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             r = bound.tcp.accept() => match r {
+                Ok((stream, peer)) if ctx.backoff.refused(peer.ip(), Instant::now()).is_some() => {
+                    let left = ctx.backoff.refused(peer.ip(), Instant::now()).unwrap_or_default();
+                    let msg = format!(
+                        "too many failed authentications from {}: refused for {} s more; check the key (TETHER_KEY_FILE or --key-file) and retry after that",
+                        peer.ip(),
+                        left.as_secs() + 1
+                    );
+                    warn!("{peer} refused: backing off after failed authentications ({} s left)", left.as_secs() + 1);
+                    conns.spawn(refuse(stream, ErrorCode::BUSY, msg));
+                }
                 Ok((stream, peer)) => match limit.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let (ctx, sd) = (ctx.clone(), sd_rx.clone());
@@ -197,7 +265,11 @@ pub async fn serve(
                     }
                     Err(_) => {
                         warn!("{peer} refused: {} connections already", ctx.cfg.max_connections);
-                        conns.spawn(refuse_busy(stream));
+                        conns.spawn(refuse(
+                            stream,
+                            ErrorCode::BUSY,
+                            "the server has reached its connection limit; try again later".into(),
+                        ));
                     }
                 },
                 Err(e) => {
@@ -228,16 +300,10 @@ pub async fn serve(
     Ok(())
 }
 
-async fn refuse_busy(stream: TcpStream) {
+async fn refuse(stream: TcpStream, code: ErrorCode, msg: String) {
     let (rd, wr) = stream.into_split();
     let w = Writer::new(wr, Duration::from_secs(5));
-    let _ = w
-        .send_error(
-            0,
-            ErrorCode::BUSY,
-            "the server has reached its connection limit; try again later",
-        )
-        .await;
+    let _ = w.send_error(0, code, &msg).await;
     let mut r = Reader::new(rd);
     close(&w, &mut r).await;
 }
@@ -255,7 +321,7 @@ async fn connection(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, sd: watc
     let (rd, wr) = stream.into_split();
     let mut reader = Reader::new(rd);
     let writer = Writer::new(wr, ctx.cfg.idle_timeout);
-    let (hello, chunk) = match handshake(&ctx, &mut reader, &writer).await {
+    let (hello, chunk) = match handshake(&ctx, &mut reader, &writer, peer.ip()).await {
         Ok(h) => h,
         Err(e) => {
             info!(%peer, "connection refused: {e}");
@@ -263,8 +329,7 @@ async fn connection(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, sd: watc
             return;
         }
     };
-    debug!(%peer, agent = %hello, "connected");
-    // Authentication (AUTH_PSK) slots in here, before any request is read.
+    debug!(%peer, agent = %hello, sealed = reader.is_sealed(), "connected");
     let mut conn = Conn {
         ctx,
         peer,
@@ -275,6 +340,7 @@ async fn connection(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, sd: watc
         tasks: JoinSet::new(),
         done: mpsc::unbounded_channel(),
         draining: false,
+        ended: VecDeque::new(),
     };
     let why = conn.run(&mut reader, sd).await;
     for r in conn.reqs.values() {
@@ -286,63 +352,129 @@ async fn connection(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, sd: watc
     close(&conn.writer, &mut reader).await;
 }
 
+/// Hello (and, with a key, Auth) within the handshake deadline. Returns
+/// the peer's agent and the negotiated chunk size.
 async fn handshake(
     ctx: &Ctx,
     reader: &mut Reader,
     writer: &Writer,
+    ip: IpAddr,
 ) -> Result<(String, usize), String> {
-    let first = tokio::time::timeout(ctx.cfg.handshake_timeout, reader.next()).await;
+    let deadline = tokio::time::Instant::now() + ctx.cfg.handshake_timeout;
+    let refuse = |id: u32, code: ErrorCode, msg: String| async move {
+        let _ = writer.send_error(id, code, &msg).await;
+        Err::<(String, usize), String>(msg)
+    };
+    let first = tokio::time::timeout_at(deadline, reader.next()).await;
     let inc = match first {
         Err(_) => {
             let msg = format!("no Hello within {:?}; closing", ctx.cfg.handshake_timeout);
-            let _ = writer.send_error(0, ErrorCode::TIMEOUT, &msg).await;
-            return Err(msg);
+            return refuse(0, ErrorCode::TIMEOUT, msg).await;
         }
         Ok(Err(ReadError::Decode(e))) => {
-            let msg = format!("not a tether frame: {e}");
-            let _ = writer.send_error(0, e.code(), &msg).await;
-            return Err(msg);
+            return refuse(0, e.code(), format!("not a tether frame: {e}")).await;
         }
         Ok(Err(ReadError::Header { err, .. })) => {
-            let msg = format!("invalid Hello: {err}");
-            let _ = writer
-                .send_error(err.request_id.unwrap_or(0), err.code(), &msg)
-                .await;
-            return Err(msg);
+            let id = err.request_id.unwrap_or(0);
+            return refuse(id, err.code(), format!("invalid Hello: {err}")).await;
         }
         Ok(Err(e)) => return Err(format!("closed before Hello: {e}")),
         Ok(Ok(inc)) => inc,
     };
     let hello = match inc.msg {
-        Msg::Hello(h) if inc.body_len == 0 => h,
+        Msg::Hello(h) if inc.body_len == 0 && !inc.sealed => h,
         other => {
-            let msg = format!("expected Hello as the first frame, got {}", other.name());
-            let _ = writer.send_error(0, ErrorCode::UNEXPECTED, &msg).await;
-            return Err(msg);
+            let msg = format!(
+                "expected Hello as the first frame, got {}{}",
+                other.name(),
+                if inc.sealed { " (sealed)" } else { "" }
+            );
+            return refuse(0, ErrorCode::UNEXPECTED, msg).await;
         }
     };
-    let mut caps = Caps::FILES.union(Caps::WRITE);
+    let mut caps = Caps::FILES;
+    if !ctx.cfg.read_only {
+        caps = caps.union(Caps::WRITE);
+    }
     if ctx.cfg.allow_exec {
-        caps = caps.union(Caps::EXEC).union(Caps::SHELL);
+        caps = caps.union(Caps::EXEC);
+        if ctx.cfg.allow_cmds.is_none() {
+            caps = caps.union(Caps::SHELL);
+        }
     }
     let policy = ServerPolicy {
         max_header: tether_proto::HOST_MAX_HEADER,
         max_chunk: tether_proto::HOST_MAX_CHUNK,
         caps,
     };
-    let nonce: [u8; 16] = rand::random();
-    let ack = match negotiate(&hello.as_hello(), &policy, nonce, crate::AGENT) {
+    let nonce = crate::key::nonce().map_err(|e| e.to_string())?;
+    let mut hs = ServerHandshake::new(ctx.cfg.key.as_ref().map(|k| k.0));
+    let ack = match hs.handle_hello(&hello.as_hello(), &policy, nonce, crate::AGENT) {
         Ok(a) => a,
-        Err(e) => {
-            let msg = format!("handshake refused: {e}");
-            let _ = writer.send_error(0, e.code(), &msg).await;
-            return Err(msg);
+        Err(HandshakeError::AuthRequired) => {
+            return refuse(0, ErrorCode::AUTH_REQUIRED, AUTH_REQUIRED_TEXT.into()).await;
         }
+        Err(e) => return refuse(0, e.code(), format!("handshake refused: {e}")).await,
     };
+    if hs.needs_auth() && !ack.caps.contains(Caps::SEAL) {
+        let msg = "this server seals every frame after authentication, and the client did not offer SEAL: update the client".to_string();
+        return refuse(0, ErrorCode::AUTH_REQUIRED, msg).await;
+    }
     writer
         .send(0, Message::HelloAck(ack.clone()), &[])
         .await
         .map_err(|e| format!("sending HelloAck failed: {e}"))?;
+    if hs.needs_auth() {
+        // Still at the handshake limits: an unauthenticated peer gets 512 bytes.
+        let inc = match tokio::time::timeout_at(deadline, reader.next()).await {
+            Err(_) => {
+                let msg = format!(
+                    "no Auth within {:?} of connecting; closing",
+                    ctx.cfg.handshake_timeout
+                );
+                return refuse(0, ErrorCode::TIMEOUT, msg).await;
+            }
+            Ok(Err(ReadError::Decode(e))) => {
+                return refuse(0, e.code(), format!("not a tether frame: {e}")).await;
+            }
+            Ok(Err(ReadError::Header { err, .. })) => {
+                let id = err.request_id.unwrap_or(0);
+                return refuse(id, ErrorCode::AUTH_REQUIRED, AUTH_REQUIRED_TEXT.into()).await;
+            }
+            Ok(Err(e)) => return Err(format!("closed before Auth: {e}")),
+            Ok(Ok(inc)) => inc,
+        };
+        let proof = match inc.msg {
+            Msg::Auth(p) if inc.body_len == 0 && !inc.sealed => p,
+            _ => {
+                return refuse(inc.id, ErrorCode::AUTH_REQUIRED, AUTH_REQUIRED_TEXT.into()).await;
+            }
+        };
+        match hs.handle_auth(&proof) {
+            Ok((reply, keys)) => {
+                ctx.backoff.succeeded(ip);
+                writer
+                    .send(0, Message::AuthOk(reply), &[])
+                    .await
+                    .map_err(|e| format!("sending AuthOk failed: {e}"))?;
+                writer.set_sealer(keys.seal).await;
+                reader.set_opener(keys.open);
+            }
+            Err(HandshakeError::BadProof) => {
+                let period = ctx.backoff.failed(ip, Instant::now());
+                let mut msg =
+                    "authentication failed: the client's key differs from the server's".to_string();
+                if let Some(p) = period {
+                    msg += &format!(
+                        "; too many failures from {ip}: new connections are refused for {} s",
+                        p.as_secs()
+                    );
+                }
+                return refuse(0, ErrorCode::AUTH_FAILED, msg).await;
+            }
+            Err(e) => return refuse(0, e.code(), format!("authentication refused: {e}")).await,
+        }
+    }
     reader.set_limits(ack.max_header, ack.max_chunk);
     writer.set_max_header(ack.max_header).await;
     Ok((hello.agent, ack.max_chunk as usize))
@@ -377,7 +509,13 @@ struct Conn {
     tasks: JoinSet<()>,
     done: (mpsc::UnboundedSender<u32>, mpsc::UnboundedReceiver<u32>),
     draining: bool,
+    /// Ids of uploads that ended lately: their Data and Done, still in
+    /// flight from the client, are dropped rather than refused.
+    ended: VecDeque<u32>,
 }
+
+/// Uploads remembered in [`Conn::ended`].
+const ENDED_UPLOADS: usize = 64;
 
 /// What a finished request reports for the log: result text and bytes.
 type Outcome = Result<(String, u64), ReqError>;
@@ -404,8 +542,9 @@ impl Conn {
             let r = tokio::select! {
                 biased;
                 Some(id) = self.done.1.recv() => {
-                    self.reqs.remove(&id);
-                    self.uploads.remove(&id);
+                    if self.reqs.remove(&id).is_some_and(|r| r.is_upload) {
+                        self.upload_ended(id);
+                    }
                     continue;
                 }
                 r = sd.changed(), if !self.draining => {
@@ -443,6 +582,11 @@ impl Conn {
                     let _ = self.writer.send_error(0, e.code(), &msg).await;
                     return msg;
                 }
+                Err(e @ ReadError::Integrity(_)) => {
+                    let msg = format!("{e}; closing the connection");
+                    let _ = self.writer.send_error(0, ErrorCode::INTEGRITY, &msg).await;
+                    return msg;
+                }
                 Err(e) => return e.to_string(),
             };
             if let Err(e) = self.dispatch(reader, inc).await {
@@ -451,10 +595,38 @@ impl Conn {
         }
     }
 
+    /// An upload is over: forget its channel, remember its id for a while.
+    fn upload_ended(&mut self, id: u32) {
+        self.uploads.remove(&id);
+        if self.ended.contains(&id) {
+            return;
+        }
+        if self.ended.len() >= ENDED_UPLOADS {
+            self.ended.pop_front();
+        }
+        self.ended.push_back(id);
+    }
+
     /// Handle one frame; `Err` ends the connection.
     async fn dispatch(&mut self, reader: &mut Reader, inc: Incoming) -> Result<(), String> {
-        let Incoming { id, msg, body_len } = inc;
+        let Incoming {
+            id,
+            msg,
+            body_len,
+            sealed,
+        } = inc;
         let lost = |e: io::Error| format!("connection lost: {e}");
+        if sealed && !reader.is_sealed() {
+            let m = format!(
+                "a sealed {} frame on a session without keys (the server has no key, or authentication did not happen); its tag cannot be checked",
+                msg.name()
+            );
+            return self
+                .writer
+                .send_error(id, ErrorCode::UNEXPECTED, &m)
+                .await
+                .map_err(lost);
+        }
         if body_len > 0 && !msg.has_body() {
             let m = format!("{} frames carry no body", msg.name());
             return self
@@ -504,36 +676,59 @@ impl Conn {
                 info!(%peer, req = id, op = "time", result = "ok", bytes = 0u64, secs = 0.0);
             }
             Msg::Cancel { target } => {
+                // No reply: an unknown target may just have finished.
                 if let Some(r) = self.reqs.get(&target) {
                     let _ = r.cancel.send(true);
                 }
                 // An upload stops receiving at once; its task answers CANCELLED.
-                self.uploads.remove(&target);
+                if self.uploads.contains_key(&target) {
+                    self.upload_ended(target);
+                }
+            }
+            Msg::Data | Msg::Done { .. } if !self.uploads.contains_key(&id) => {
+                if self.ended.contains(&id) {
+                    // A finished or cancelled upload: drop the frame (the
+                    // reader skips and checks its body).
+                    return Ok(());
+                }
+                let m = format!(
+                    "{} for request {id}, which is not an upload in progress on this connection",
+                    msg.name()
+                );
+                info!(%peer, req = id, op = msg.name(), result = %m, bytes = 0u64, secs = 0.0);
+                self.writer
+                    .send_error(id, ErrorCode::BAD_REQUEST_ID, &m)
+                    .await
+                    .map_err(lost)?;
             }
             Msg::Data => {
                 let Some(up) = self.uploads.get_mut(&id) else {
-                    // A finished or cancelled upload: drop the body (read skips it).
                     return Ok(());
                 };
                 let mut buf = up.pool.take();
-                let want = (body_len as usize).min(buf.len());
-                let n = reader
-                    .body_exact(&mut buf[..want])
-                    .await
-                    .map_err(|e| format!("reading data: {e}"))?;
+                let n = match reader.body_all(&mut buf).await {
+                    Ok(n) => n,
+                    Err(e @ ReadError::Integrity(_)) => {
+                        let msg = format!("{e}; closing the connection");
+                        let _ = self.writer.send_error(0, ErrorCode::INTEGRITY, &msg).await;
+                        return Err(msg);
+                    }
+                    Err(e) => return Err(format!("reading data: {e}")),
+                };
                 if up
                     .tx
                     .send(UpMsg::Data(Chunk { buf, len: n }))
                     .await
                     .is_err()
                 {
-                    self.uploads.remove(&id);
+                    self.upload_ended(id);
                 }
             }
             Msg::Done { bytes, sha256 } => {
-                if let Some(up) = self.uploads.remove(&id) {
+                if let Some(up) = self.uploads.get(&id) {
                     let _ = up.tx.send(UpMsg::Done { bytes, sha256 }).await;
                 }
+                self.upload_ended(id);
             }
             Msg::Exec { .. }
             | Msg::Stat { .. }
@@ -722,6 +917,9 @@ async fn do_exec(
             "exec is disabled on this server (its operator can enable it with `tether serve --allow-exec`)".into(),
         ));
     }
+    if let Some(allowed) = &ctx.cfg.allow_cmds {
+        exec::check_allowed(&command, allowed)?;
+    }
     let (status, bytes) =
         exec::run(&w, id, &command, timeout_ms, ctx.root.path(), chunk, cancel).await?;
     w.send(id, Message::Exit { status }, &[])
@@ -739,7 +937,31 @@ async fn do_stat(ctx: Arc<Ctx>, w: Writer, id: u32, path: String) -> Outcome {
     Ok(("ok".into(), 0))
 }
 
+fn read_only(ctx: &Ctx, what: &str) -> Result<(), ReqError> {
+    if ctx.cfg.read_only {
+        return Err(ReqError::new(
+            ErrorCode::READ_ONLY,
+            format!("this server is read-only (--read-only): {what} is refused; download with `tether get` instead"),
+        ));
+    }
+    Ok(())
+}
+
+/// A place among the server's concurrent transfers, or BUSY.
+fn transfer_slot(ctx: &Ctx) -> Result<tokio::sync::OwnedSemaphorePermit, ReqError> {
+    ctx.transfers.clone().try_acquire_owned().map_err(|_| {
+        ReqError::new(
+            ErrorCode::BUSY,
+            format!(
+                "the server is already running its limit of {} transfers (--max-transfers); try again later",
+                ctx.cfg.max_transfers
+            ),
+        )
+    })
+}
+
 async fn do_remove(ctx: Arc<Ctx>, w: Writer, id: u32, path: String) -> Outcome {
+    read_only(&ctx, "removing")?;
     let rel = files::check_path(&path, true)?;
     blocking(move || files::remove(&ctx.root, &rel)).await?;
     w.send(
@@ -820,6 +1042,7 @@ async fn do_get(
     mut cancel: watch::Receiver<bool>,
 ) -> Outcome {
     let rel = files::check_path(&path, true)?;
+    let _slot = transfer_slot(&ctx)?;
     let (info_tx, info_rx) = oneshot::channel::<Result<GetStart, ReqError>>();
     let (tx, mut rx) = mpsc::channel::<FromFile>(4);
     let pool = Pool::new(chunk);
@@ -955,8 +1178,10 @@ async fn do_put(
     ret: Returner,
     cancel: watch::Receiver<bool>,
 ) -> Outcome {
+    read_only(&ctx, "uploading")?;
     let rel = files::check_path(&path, true)?;
     let _claim = claim(&ctx, &rel)?;
+    let _slot = transfer_slot(&ctx)?;
     let ctx2 = ctx.clone();
     let rel2 = rel.clone();
     let mut target =
