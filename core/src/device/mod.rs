@@ -10,12 +10,13 @@
 //! # Call order
 //! ```text
 //! boot:        dev = Device::new(config, store, clock, commands, now_ms)
-//! accept:      session.handle_accept(&mut dev, nonce, now_ms)
+//! accept:      session.handle_accept(&mut dev, peer, nonce, now_ms)
 //! loop, for each connection:
 //!   n = session.handle_bytes(&mut dev, received, now_ms)   // drop n bytes from the receive queue;
 //!                                                           // the rest stays queued (backpressure)
 //!   n = session.poll_transmit(&mut dev, send_space, now_ms) // send those n bytes
 //!   repeat both while either makes progress
+//!   session.handle_timeout(&mut dev, now_ms)               // deadlines (wake at poll_timeout())
 //!   if session.poll_close() { close the connection }
 //! connection ended (either side): session.handle_close(&mut dev)
 //! datagram:    n = dev.handle_datagram(datagram, now_ms, reply_buf); send reply_buf[..n] if n > 0
@@ -27,6 +28,25 @@
 //! * A connection opens with Hello → HelloAck (limits from
 //!   [`handshake::negotiate`](crate::handshake::negotiate), as on the host)
 //!   or Error, then the connection closes.
+//! * With a key in [`Config::key`] the device requires authentication
+//!   ([`handshake::ServerHandshake`](crate::handshake::ServerHandshake), the
+//!   same state machine as the host): a Hello without AUTH_PSK and SEAL is
+//!   answered `AUTH_REQUIRED`; after HelloAck the next frame must be a valid
+//!   Auth: anything else gets `AUTH_REQUIRED` (with its request id), a wrong
+//!   proof `AUTH_FAILED`, and the connection closes. After AuthOk every frame
+//!   both ways is sealed; a frame that is unsealed or whose tag fails
+//!   (replayed, reordered, altered, spliced, cut short) gets `INTEGRITY` and
+//!   the connection closes. A sealed frame is acted on only once its tag
+//!   verified; upload data is written to the temporary slot as it streams
+//!   in, but nothing is committed before the Done frame's tag verified.
+//! * A peer whose Auth failed is refused (`BUSY`, at its next Hello) for a
+//!   back-off that doubles per failure ([`backoff`]).
+//! * Deadlines ([`Session::handle_timeout`]): the handshake (Hello, and Auth
+//!   when keyed) must complete within [`Config::handshake_timeout_ms`] of
+//!   the accept; an open connection that moves no byte either way for
+//!   [`Config::idle_timeout_ms`] is closed (Error `TIMEOUT`); a connection
+//!   whose final Error cannot be delivered is dropped after
+//!   [`CLOSE_GRACE_MS`].
 //! * One request runs at a time per connection. While one runs, Ping is
 //!   answered, Cancel of the running request is honoured between frames
 //!   (Get and List end with Error CANCELLED, Exec with Exit Cancelled, Put
@@ -49,22 +69,27 @@
 //!
 //! # RAM
 //! Per connection: the three caller buffers (header ≥ negotiated
-//! `max_header`; tx ≥ `max_header + 32`; output, which holds a command's
-//! output and scratch) plus the [`Session`] itself (≈ 400 bytes: decoder
-//! state, a SHA-256 state and the request in progress). The [`Device`] is
-//! ≈ 200 bytes plus the store. UDP needs one reply buffer of
+//! `max_header`; tx ≥ `max_header + 48`; output, which holds a command's
+//! output and scratch) plus the [`Session`] itself (≈ 900 bytes on a 64-bit
+//! host: decoder state, a SHA-256 state and the request in progress, the
+//! handshake or the two sealing keys, and one HMAC state per direction for
+//! the frame in flight). The [`Device`] is ≈ 300 bytes (config, counters,
+//! the back-off table) plus the store. UDP needs one reply buffer of
 //! [`MAX_DATAGRAM`](crate::MAX_DATAGRAM) bytes. Nothing is allocated.
 //!
-//! Authentication (Auth/AuthOk, sealed frames) comes with the security work:
-//! it belongs right after HelloAck in [`Session`]'s handshake phase, where
-//! the transcript of both headers is available.
+//! UDP datagrams are never authenticated (section 2.3 of PROTOCOL.md): they
+//! serve Ping, Echo and Time only, which change nothing and reveal liveness
+//! and the clock. A firmware that wants no unauthenticated service simply
+//! opens no UDP socket.
 
+pub mod backoff;
 pub mod clock;
 pub mod commands;
 mod datagram;
 mod session;
 pub mod store;
 
+pub use backoff::{Backoff, Peer};
 pub use clock::{Clock, NoWallClock, OffsetClock};
 pub use commands::{Cmd, Commands, Ctx, Output, Table};
 pub use session::Session;
@@ -72,10 +97,15 @@ pub use store::{FileId, RamStore, Store, StoreError};
 
 use core::fmt;
 
+use crate::handshake::KEY_LEN;
 use crate::message::Caps;
 
+/// A connection whose final Error cannot be delivered (the peer does not
+/// read) is dropped this long after the error, in milliseconds.
+pub const CLOSE_GRACE_MS: u64 = 2_000;
+
 /// What a device announces and accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Config {
     /// Software name and version sent in HelloAck (`tether-sim/0.1.0`).
     pub agent: &'static str,
@@ -89,6 +119,32 @@ pub struct Config {
     /// Extra lines for the `mem` command: the firmware's own RAM use
     /// (socket buffers, say), as (what, bytes).
     pub extra_ram: &'static [(&'static str, usize)],
+    /// The pre-shared key. With one, every connection must authenticate and
+    /// every frame after that is sealed; without, anyone who can connect is
+    /// served. Where the key is kept (flash, a secure element) is the
+    /// firmware's business; it is never printed (`Debug` redacts it).
+    pub key: Option<[u8; KEY_LEN]>,
+    /// Hello (and Auth, when keyed) must complete within this many
+    /// milliseconds of the accept (0: no deadline).
+    pub handshake_timeout_ms: u32,
+    /// An open connection that moves no byte either way for this many
+    /// milliseconds is closed (0: never).
+    pub idle_timeout_ms: u32,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("agent", &self.agent)
+            .field("max_header", &self.max_header)
+            .field("max_chunk", &self.max_chunk)
+            .field("caps", &self.caps)
+            .field("extra_ram", &self.extra_ram)
+            .field("key", &self.key.map(|_| "<redacted>"))
+            .field("handshake_timeout_ms", &self.handshake_timeout_ms)
+            .field("idle_timeout_ms", &self.idle_timeout_ms)
+            .finish()
+    }
 }
 
 impl Config {
@@ -102,6 +158,9 @@ impl Config {
             .union(Caps::FILES)
             .union(Caps::WRITE),
         extra_ram: &[],
+        key: None,
+        handshake_timeout_ms: 10_000,
+        idle_timeout_ms: 120_000,
     };
 }
 
@@ -134,6 +193,14 @@ pub struct Stats {
     pub files_stored: u64,
     /// Downloads completed.
     pub files_sent: u64,
+    /// Auth frames with a wrong proof.
+    pub auth_failures: u64,
+    /// Hellos refused because their peer was backing off.
+    pub backoff_refusals: u64,
+    /// Frames that failed their tag or arrived unsealed after Auth.
+    pub integrity_failures: u64,
+    /// Connections closed by a deadline (handshake, idle, close grace).
+    pub timeouts: u64,
 }
 
 /// RAM used by one session, as reported by `mem`.
@@ -189,6 +256,7 @@ pub struct Device<S, C, K> {
     pub commands: K,
     config: Config,
     stats: Stats,
+    backoff: Backoff,
     led: bool,
     led_changed: bool,
     reboot: bool,
@@ -215,6 +283,7 @@ impl<S: Store, C: Clock, K: Commands> Device<S, C, K> {
             commands,
             config,
             stats: Stats::default(),
+            backoff: Backoff::new(),
             led: false,
             led_changed: false,
             reboot: false,
@@ -224,10 +293,12 @@ impl<S: Store, C: Clock, K: Commands> Device<S, C, K> {
 
     /// Reset everything but the store (which stands for flash) at `now_ms`:
     /// counters, LED (an [`Event::Led`]`(false)` follows if it was on),
-    /// uptime, and uploads in progress. Reset the sessions too.
+    /// uptime, the back-off table and uploads in progress. Reset the
+    /// sessions too.
     pub fn handle_reboot(&mut self, now_ms: u64) {
         self.store.recover();
         self.stats = Stats::default();
+        self.backoff.clear();
         self.led_changed = self.led;
         self.led = false;
         self.reboot = false;
@@ -242,6 +313,11 @@ impl<S: Store, C: Clock, K: Commands> Device<S, C, K> {
     /// Counters since boot.
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// The back-off table (peers whose authentication failed).
+    pub fn backoff(&self) -> &Backoff {
+        &self.backoff
     }
 
     /// The LED's state.

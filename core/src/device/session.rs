@@ -6,20 +6,26 @@ use core::fmt;
 use sha2::{Digest as _, Sha256};
 
 use crate::codec::{encode_frame, encode_head, Decoder, Event, Frame, Limits};
-use crate::handshake::{negotiate, ServerPolicy};
-use crate::message::{Command, Entry, EntryKind, ErrorCode, ExitStatus, Header, Message, Stream};
-use crate::wire::{Flags, PREFIX_LEN};
+use crate::handshake::{
+    HandshakeError, Opener, ServerHandshake, ServerPolicy, SessionKeys, TagBuilder,
+};
+use crate::message::{
+    Caps, Command, Entry, EntryKind, ErrorCode, ExitStatus, Header, Message, Stream,
+};
+use crate::wire::{Flags, Prefix, PrefixRepr, PREFIX_LEN, TAG_LEN, VERSION};
 
+use super::backoff::Peer;
 use super::clock::{format_time, Clock};
 use super::commands::{self, Commands, Output, MAX_ARGS};
 use super::datagram::{encode_echo_reply, TIME_TEXT_MAX};
 use super::store::{FileId, Store};
-use super::{msg, normalize, Device, MemReport, SessionMem};
+use super::{msg, normalize, Device, MemReport, SessionMem, CLOSE_GRACE_MS};
 
 /// Room kept in the transmit buffer for one reply (beyond an Echo's size).
 const REPLY_ROOM: usize = 256;
-/// The transmit buffer must exceed the header limit by this much.
-const TX_SLACK: usize = 32;
+/// The transmit buffer must exceed the header limit by this much (an Echo
+/// reply's prefix and slack, plus a tag).
+const TX_SLACK: usize = 32 + TAG_LEN;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -27,10 +33,23 @@ enum Phase {
     Closed,
     /// Waiting for Hello.
     Hello,
+    /// HelloAck sent; waiting for a valid Auth (keyed devices only).
+    Auth,
     /// Serving requests.
     Open,
     /// A fatal error was sent; close once it is out.
     Closing,
+}
+
+/// Authentication and sealing state.
+#[derive(Debug, Clone)]
+enum Security {
+    /// Before Hello, and until Auth verified on a keyed device.
+    Handshake(ServerHandshake),
+    /// No key: nothing is authenticated or sealed.
+    Plain,
+    /// Authenticated: every frame both ways is sealed.
+    Sealed(SessionKeys),
 }
 
 /// How a running request ends after a Cancel (or a client Error).
@@ -130,6 +149,24 @@ struct State<B> {
     aborted: Option<u32>,
     max_chunk: u32,
     nonce: [u8; 16],
+    sec: Security,
+    /// The tag being computed over the sealed frame being received.
+    rx_tag: Option<TagBuilder>,
+    /// The sealed frame being received is upload data, streamed to the
+    /// store as it arrives (not dispatched at its end).
+    rx_streamed: bool,
+    /// The tag being computed over the sealed frame whose body is being sent.
+    tx_tag: Option<TagBuilder>,
+    peer: Peer,
+    /// Deadlines, copied from the config at accept.
+    handshake_ms: u32,
+    idle_ms: u32,
+    /// When the connection was accepted.
+    accepted_ms: u64,
+    /// When a byte last moved either way.
+    active_ms: u64,
+    /// The close grace passed: close without delivering what is queued.
+    force_close: bool,
 }
 
 /// One connection: feed it received bytes, poll it for bytes to send.
@@ -137,7 +174,7 @@ struct State<B> {
 /// `B` is the caller's buffer type (`&'static mut [u8]` on firmware). The
 /// three buffers: `header` holds one frame header (its length caps the
 /// negotiated `max_header`); `tx` queues reply frames and must be at least
-/// 288 bytes (the header limit is also capped at `tx.len() - 32`); `output`
+/// 304 bytes (the header limit is also capped at `tx.len() - 48`); `output`
 /// holds a command's output (stdout ¾, stderr ¼) and is scratch for Get.
 pub struct Session<B> {
     dec: Decoder<B>,
@@ -175,17 +212,31 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Session<B> {
                 aborted: None,
                 max_chunk: 64,
                 nonce: [0; 16],
+                sec: Security::Plain,
+                rx_tag: None,
+                rx_streamed: false,
+                tx_tag: None,
+                peer: Peer::UNKNOWN,
+                handshake_ms: 0,
+                idle_ms: 0,
+                accepted_ms: 0,
+                active_ms: 0,
+                force_close: false,
             },
         }
     }
 
-    /// A connection was accepted: start over, expecting Hello. `nonce` must
-    /// be fresh and unpredictable (it goes into HelloAck for authentication).
+    /// A connection from `peer` was accepted at `now_ms`: start over,
+    /// expecting Hello. `nonce` must be fresh and unpredictable (it goes
+    /// into HelloAck and the authentication transcript). `peer` keys the
+    /// back-off after failed authentication ([`Peer::UNKNOWN`] on links
+    /// without addresses).
     pub fn handle_accept<S: Store, C: Clock, K: Commands>(
         &mut self,
         dev: &mut Device<S, C, K>,
+        peer: Peer,
         nonce: [u8; 16],
-        _now_ms: u64,
+        now_ms: u64,
     ) {
         self.handle_close(dev);
         dev.stats.connections += 1;
@@ -200,11 +251,17 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Session<B> {
         st.rx_put = false;
         st.aborted = None;
         st.nonce = nonce;
+        st.sec = Security::Handshake(ServerHandshake::new(dev.config.key));
+        st.peer = peer;
+        st.handshake_ms = dev.config.handshake_timeout_ms;
+        st.idle_ms = dev.config.idle_timeout_ms;
+        st.accepted_ms = now_ms;
+        st.active_ms = now_ms;
         st.phase = Phase::Hello;
     }
 
     /// The connection ended (either side closed or it was reset): drop any
-    /// upload in progress and anything queued.
+    /// upload in progress, anything queued and the session keys.
     pub fn handle_close<S: Store, C: Clock, K: Commands>(&mut self, dev: &mut Device<S, C, K>) {
         self.st.abort_op(dev);
         self.st.phase = Phase::Closed;
@@ -213,6 +270,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Session<B> {
         self.st.body_left = 0;
         self.st.held = false;
         self.st.deferred = None;
+        self.st.sec = Security::Plain;
+        self.st.rx_tag = None;
+        self.st.rx_streamed = false;
+        self.st.tx_tag = None;
+        self.st.force_close = false;
     }
 
     /// Whether a connection is being served.
@@ -220,14 +282,76 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Session<B> {
         self.st.phase != Phase::Closed
     }
 
+    /// Whether the session authenticated its peer (and seals every frame).
+    pub fn is_authenticated(&self) -> bool {
+        matches!(self.st.sec, Security::Sealed(_))
+    }
+
     /// Whether the session wants the connection closed now (after a fatal
-    /// error, once the Error frame is out).
+    /// error, once the Error frame is out, or when the close grace passed).
     pub fn poll_close(&self) -> bool {
         let st = &self.st;
         st.phase == Phase::Closing
-            && st.tx_start == st.tx_end
-            && st.body_left == 0
-            && st.deferred.is_none()
+            && (st.force_close
+                || (st.tx_start == st.tx_end && st.body_left == 0 && st.deferred.is_none()))
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called
+    /// (the caller's monotonic ms), if ever.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let st = &self.st;
+        let after = |from: u64, ms: u32| (ms > 0).then(|| from.saturating_add(u64::from(ms)));
+        match st.phase {
+            Phase::Closed => None,
+            Phase::Hello | Phase::Auth => after(st.accepted_ms, st.handshake_ms),
+            Phase::Open => after(st.active_ms, st.idle_ms),
+            Phase::Closing if st.force_close => None,
+            Phase::Closing => Some(st.active_ms.saturating_add(CLOSE_GRACE_MS)),
+        }
+    }
+
+    /// Enforce the deadlines at `now_ms` (call at least when
+    /// [`poll_timeout`](Self::poll_timeout) is due; calling more often is
+    /// harmless). A handshake not completed in time, or an open connection
+    /// idle too long, gets Error `TIMEOUT` and closes; a closing connection
+    /// whose peer does not take the final Error is closed without it.
+    pub fn handle_timeout<S: Store, C: Clock, K: Commands>(
+        &mut self,
+        dev: &mut Device<S, C, K>,
+        now_ms: u64,
+    ) {
+        let Some(due) = self.poll_timeout() else {
+            return;
+        };
+        if now_ms < due {
+            return;
+        }
+        let st = &mut self.st;
+        match st.phase {
+            Phase::Closed => {}
+            Phase::Hello | Phase::Auth => {
+                dev.stats.timeouts += 1;
+                let m = msg(format_args!(
+                    "handshake not completed within {} ms; closing",
+                    st.handshake_ms
+                ));
+                st.fatal(dev, 0, ErrorCode::TIMEOUT, m.as_str());
+                st.active_ms = now_ms;
+            }
+            Phase::Open => {
+                dev.stats.timeouts += 1;
+                let m = msg(format_args!(
+                    "connection idle for {} ms; closing",
+                    st.idle_ms
+                ));
+                st.fatal(dev, 0, ErrorCode::TIMEOUT, m.as_str());
+                st.active_ms = now_ms;
+            }
+            Phase::Closing => {
+                dev.stats.timeouts += 1;
+                st.force_close = true;
+            }
+        }
     }
 
     /// Whether [`poll_transmit`](Self::poll_transmit) has (or may make) bytes to send.
@@ -235,10 +359,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Session<B> {
         let st = &self.st;
         st.tx_start < st.tx_end
             || st.body_left > 0
+            || (matches!(st.phase, Phase::Auth | Phase::Open) && st.pending())
             || (st.phase == Phase::Open
-                && (st.held
-                    || st.deferred.is_some()
-                    || matches!(st.op, Op::Exec { .. } | Op::List { .. } | Op::Get { .. })))
+                && matches!(st.op, Op::Exec { .. } | Op::List { .. } | Op::Get { .. }))
     }
 
     /// RAM this session uses.
@@ -267,37 +390,93 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Session<B> {
                 used = input.len();
                 break;
             }
-            if (self.st.held || self.st.deferred.is_some()) && !self.unblock(dev, now_ms) {
+            let pending = self.st.pending();
+            if pending && !self.unblock(dev, now_ms) {
                 break;
             }
-            if self.st.held || self.st.deferred.is_some() {
+            if pending {
                 continue;
             }
             let (n, r) = self.dec.handle_bytes(&input[used..]);
             used += n;
             match r {
                 Ok(None) => break,
-                Ok(Some(Event::Header(_))) => {
+                Ok(Some(Event::Header(f))) => {
                     dev.stats.frames_in += 1;
-                    self.st.rx_put = false;
-                    self.st.held = true;
+                    let st = &mut self.st;
+                    st.rx_put = false;
+                    st.rx_streamed = false;
+                    let Security::Sealed(keys) = &mut st.sec else {
+                        st.held = true;
+                        continue;
+                    };
+                    if !f.prefix.flags.contains(Flags::SEALED) {
+                        dev.stats.integrity_failures += 1;
+                        st.fatal(
+                            dev,
+                            0,
+                            ErrorCode::INTEGRITY,
+                            "unsealed frame on an authenticated session; closing",
+                        );
+                        used = input.len();
+                        break;
+                    }
+                    st.rx_tag = Some(keys.open.begin_frame(&f));
+                    // Upload data goes to the temporary slot as it streams
+                    // in; the upload is committed only by a Done whose tag
+                    // verified. Everything else waits for its tag.
+                    if let Ok(h) = f.parse() {
+                        if h.message == Message::Data
+                            && matches!(st.op, Op::Put { id, .. } if id == h.request_id)
+                        {
+                            st.rx_put = true;
+                            st.rx_streamed = true;
+                        }
+                    }
                 }
                 Ok(Some(Event::Body(b))) => {
+                    if let Some(t) = self.st.rx_tag.as_mut() {
+                        t.update(b);
+                    }
                     if self.st.rx_put {
                         self.st.put_body(dev, b);
                     }
                 }
-                Ok(Some(Event::End { .. })) => self.st.rx_put = false,
+                Ok(Some(Event::End { tag })) => {
+                    let st = &mut self.st;
+                    st.rx_put = false;
+                    let Some(builder) = st.rx_tag.take() else {
+                        continue;
+                    };
+                    if !tag.is_some_and(|t| Opener::verify(builder, &t)) {
+                        dev.stats.integrity_failures += 1;
+                        st.fatal(
+                            dev,
+                            0,
+                            ErrorCode::INTEGRITY,
+                            "frame failed its integrity check (replayed, reordered, altered or cut); closing",
+                        );
+                        used = input.len();
+                        break;
+                    }
+                    // Verified: act on it now (it stays readable in the
+                    // decoder until more input is fed).
+                    st.held = !st.rx_streamed;
+                    st.rx_streamed = false;
+                }
                 Err(e) => {
                     dev.stats.bad_frames += 1;
                     let m = msg(format_args!("{e}"));
-                    self.st.fatal(dev, e.code(), m.as_str());
+                    self.st.fatal(dev, 0, e.code(), m.as_str());
                     used = input.len();
                     break;
                 }
             }
         }
         dev.stats.bytes_in += used as u64;
+        if used > 0 {
+            self.st.active_ms = now_ms;
+        }
         used
     }
 
@@ -325,7 +504,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Session<B> {
                 n += st.body(dev, &mut out[n..]);
                 continue;
             }
-            if st.held || st.deferred.is_some() {
+            if st.pending() {
                 if self.unblock(dev, now_ms) {
                     continue;
                 }
@@ -339,6 +518,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Session<B> {
             }
         }
         dev.stats.bytes_out += n as u64;
+        if n > 0 {
+            self.st.active_ms = now_ms;
+        }
         n
     }
 
@@ -361,7 +543,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Session<B> {
             return false;
         }
         let mem = self.mem();
-        let Some(frame) = self.dec.frame() else {
+        // An unsealed frame is dispatched at its header, a sealed one at its end.
+        let Some(frame) = self.dec.frame().or_else(|| self.dec.ended_frame()) else {
             self.st.held = false;
             return true;
         };
@@ -380,6 +563,15 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Session<B> {
     }
 }
 
+impl<B> State<B> {
+    /// A held frame or a deferred error waits to be dispatched or sent.
+    /// Nothing is said about a sealed frame being received (not even an
+    /// upload error found in its body) before its tag verified.
+    fn pending(&self) -> bool {
+        self.held || (self.deferred.is_some() && self.rx_tag.is_none())
+    }
+}
+
 impl<B: AsRef<[u8]> + AsMut<[u8]>> State<B> {
     /// Whether a reply of up to `need` bytes can be queued now.
     fn room(&mut self, need: usize) -> bool {
@@ -395,13 +587,56 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> State<B> {
         self.tx.as_ref().len() - self.tx_end >= need
     }
 
+    /// Where frames may be encoded in the transmit buffer: from `tx_end` to
+    /// the returned end, which leaves room for a tag on a sealed session.
+    fn tx_limit(&self) -> usize {
+        let reserve = if matches!(self.sec, Security::Sealed(_)) {
+            TAG_LEN
+        } else {
+            0
+        };
+        self.tx
+            .as_ref()
+            .len()
+            .saturating_sub(reserve)
+            .max(self.tx_end)
+    }
+
+    /// A body-less frame was encoded (unsealed) at `tx[tx_end..tx_end + len]`
+    /// by one of the encoders: on a sealed session set its SEALED flag
+    /// (re-emitting the prefix and checksum) and append its tag; queue it.
+    /// Room for the tag was kept by [`tx_limit`](Self::tx_limit).
+    fn commit<S, C, K>(&mut self, dev: &mut Device<S, C, K>, len: usize) {
+        let start = self.tx_end;
+        if let Security::Sealed(keys) = &mut self.sec {
+            let frame = &mut self.tx.as_mut()[start..start + len + TAG_LEN];
+            let (prefix, rest) = frame.split_at_mut(PREFIX_LEN);
+            let header = &rest[..len - PREFIX_LEN];
+            let repr = PrefixRepr {
+                version: VERSION,
+                flags: Flags::SEALED,
+                header_len: header.len() as u16,
+                body_len: 0,
+            };
+            repr.emit(&mut Prefix::new_unchecked(&mut *prefix), header);
+            let mut tag = keys.seal.begin(prefix);
+            tag.update(header);
+            let tag = tag.finish();
+            frame[len..].copy_from_slice(&tag);
+            self.tx_end += len + TAG_LEN;
+        } else {
+            self.tx_end += len;
+        }
+        dev.stats.frames_out += 1;
+    }
+
     /// Queue a body-less frame (room was checked).
     fn push<S, C, K>(&mut self, dev: &mut Device<S, C, K>, h: &Header<'_>) {
-        let end = self.tx_end;
-        match encode_frame(h, &[], &mut self.tx.as_mut()[end..]) {
+        let (end, limit) = (self.tx_end, self.tx_limit());
+        match encode_frame(h, &[], &mut self.tx.as_mut()[end..limit]) {
             Ok(f) => {
-                self.tx_end += f.len();
-                dev.stats.frames_out += 1;
+                let n = f.len();
+                self.commit(dev, n);
             }
             Err(_) => {
                 // Only an oversized reply can fail; say so instead.
@@ -412,31 +647,55 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> State<B> {
                         message: "reply does not fit the transmit buffer",
                     },
                 );
-                if let Ok(f) = encode_frame(&e, &[], &mut self.tx.as_mut()[end..]) {
-                    self.tx_end += f.len();
-                    dev.stats.frames_out += 1;
+                if let Ok(f) = encode_frame(&e, &[], &mut self.tx.as_mut()[end..limit]) {
+                    let n = f.len();
+                    self.commit(dev, n);
                     dev.stats.errors_sent += 1;
                 }
             }
         }
     }
 
-    /// Queue a frame head whose `body_len` bytes the running request supplies.
+    /// Queue a frame head whose `body_len` bytes the running request
+    /// supplies (through [`body`](Self::body), which also appends the tag on
+    /// a sealed session).
     fn push_head<S, C, K>(
         &mut self,
         dev: &mut Device<S, C, K>,
         h: &Header<'_>,
         body_len: u64,
     ) -> bool {
-        let end = self.tx_end;
-        match encode_head(h, body_len, Flags::empty(), &mut self.tx.as_mut()[end..]) {
-            Ok(f) => {
-                self.tx_end += f.len();
-                self.body_left = body_len;
-                dev.stats.frames_out += 1;
-                true
+        let (end, limit) = (self.tx_end, self.tx_limit());
+        let flags = match self.sec {
+            Security::Sealed(_) => Flags::SEALED,
+            _ => Flags::empty(),
+        };
+        let n = match encode_head(h, body_len, flags, &mut self.tx.as_mut()[end..limit]) {
+            Ok(f) => f.len(),
+            Err(_) => return false,
+        };
+        if let Security::Sealed(keys) = &mut self.sec {
+            let tag = keys.seal.begin(&self.tx.as_ref()[end..end + n]);
+            self.tx_tag = Some(tag);
+        }
+        self.tx_end += n;
+        self.body_left = body_len;
+        dev.stats.frames_out += 1;
+        if body_len == 0 {
+            self.end_body();
+        }
+        true
+    }
+
+    /// The body of the frame in flight is out: append its tag, if sealed.
+    fn end_body(&mut self) {
+        if let Some(t) = self.tx_tag.take() {
+            let tag = t.finish();
+            let end = self.tx_end;
+            if let Some(slot) = self.tx.as_mut().get_mut(end..end + TAG_LEN) {
+                slot.copy_from_slice(&tag);
+                self.tx_end += TAG_LEN;
             }
-            Err(_) => false,
         }
     }
 
@@ -451,19 +710,27 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> State<B> {
         self.push(dev, &Header::new(id, Message::Error { code, message }));
     }
 
-    /// Send Error (id 0) and close once it is out.
-    fn fatal<S: Store, C, K>(&mut self, dev: &mut Device<S, C, K>, code: ErrorCode, message: &str) {
+    /// Send Error (with request id `id`) and close once it is out.
+    fn fatal<S: Store, C, K>(
+        &mut self,
+        dev: &mut Device<S, C, K>,
+        id: u32,
+        code: ErrorCode,
+        message: &str,
+    ) {
         self.abort_op(dev);
         self.held = false;
         self.deferred = None;
+        self.rx_tag = None;
+        self.rx_streamed = false;
         if self.room(REPLY_ROOM) {
-            self.error(dev, 0, code, message);
+            self.error(dev, id, code, message);
         } else {
             // A frame is half sent: the Error follows once its body is out.
             self.deferred = Some(Deferred {
-                id: 0,
+                id,
                 code,
-                message: "malformed frame; closing the connection",
+                message: "connection failed; closing",
             });
         }
         self.phase = Phase::Closing;
@@ -559,7 +826,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> State<B> {
                 want
             }
         };
+        if let Some(t) = self.tx_tag.as_mut() {
+            t.update(&out[..n]);
+        }
         self.body_left -= n as u64;
+        if self.body_left == 0 {
+            self.end_body();
+        }
         n
     }
 
@@ -630,10 +903,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> State<B> {
                                 modified: m.modified,
                             };
                             let h = Header::new(id, Message::ListEntry(e));
-                            let end = self.tx_end;
-                            if let Ok(f) = encode_frame(&h, &[], &mut self.tx.as_mut()[end..]) {
-                                self.tx_end += f.len();
-                                dev.stats.frames_out += 1;
+                            let (end, limit) = (self.tx_end, self.tx_limit());
+                            if let Ok(f) = encode_frame(&h, &[], &mut self.tx.as_mut()[end..limit])
+                            {
+                                let n = f.len();
+                                self.commit(dev, n);
                             }
                         }
                     }
@@ -713,7 +987,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> State<B> {
         mem: SessionMem,
     ) -> Outcome {
         let has_body = frame.prefix.body_len > 0;
-        let need = REPLY_ROOM.max(frame.header.len() + PREFIX_LEN + 16);
+        let need = REPLY_ROOM.max(frame.header.len() + PREFIX_LEN + 16 + TAG_LEN);
         let h = match frame.parse() {
             Ok(h) => h,
             Err(e) => {
@@ -722,10 +996,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> State<B> {
                 }
                 dev.stats.bad_frames += 1;
                 let m = msg(format_args!("{e}"));
-                if self.phase == Phase::Hello {
-                    self.fatal(dev, e.code(), m.as_str());
-                } else {
-                    self.error(dev, e.request_id.unwrap_or(0), e.code(), m.as_str());
+                match self.phase {
+                    Phase::Hello => self.fatal(dev, 0, e.code(), m.as_str()),
+                    Phase::Auth => self.auth_required(dev, e.request_id.unwrap_or(0)),
+                    _ => self.error(dev, e.request_id.unwrap_or(0), e.code(), m.as_str()),
                 }
                 return Outcome::Done;
             }
@@ -737,7 +1011,15 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> State<B> {
             if !self.room(need) {
                 return Outcome::Blocked;
             }
-            return self.hello(dev, &h, has_body);
+            return self.hello(dev, &h, has_body, now_ms);
+        }
+        if self.phase == Phase::Auth {
+            if !self.room(need) {
+                return Outcome::Blocked;
+            }
+            let sealed = frame.prefix.flags.contains(Flags::SEALED);
+            self.auth(dev, &h, has_body || sealed, now_ms);
+            return Outcome::Done;
         }
 
         // Frames that need no reply of their own.
@@ -841,10 +1123,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> State<B> {
                 self.error(dev, id, ErrorCode::BUSY, m.as_str());
             }
             Message::Echo { text } => {
-                let end = self.tx_end;
-                if let Ok(f) = encode_echo_reply(id, text, &mut self.tx.as_mut()[end..]) {
-                    self.tx_end += f.len();
-                    dev.stats.frames_out += 1;
+                let (end, limit) = (self.tx_end, self.tx_limit());
+                if let Ok(f) = encode_echo_reply(id, text, &mut self.tx.as_mut()[end..limit]) {
+                    let n = f.len();
+                    self.commit(dev, n);
                 } else {
                     self.error(dev, id, ErrorCode::TOO_LARGE, "echo reply does not fit");
                 }
@@ -932,18 +1214,34 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> State<B> {
         dev: &mut Device<S, C, K>,
         h: &Header<'_>,
         has_body: bool,
+        now_ms: u64,
     ) -> Outcome {
         let Message::Hello(hello) = &h.message else {
             let m = msg(format_args!(
                 "expected Hello as the first frame, got {:?}",
                 h.message.kind()
             ));
-            self.fatal(dev, ErrorCode::UNEXPECTED, m.as_str());
+            self.fatal(dev, 0, ErrorCode::UNEXPECTED, m.as_str());
             return Outcome::Done;
         };
         if has_body {
-            self.fatal(dev, ErrorCode::UNEXPECTED, "Hello frames carry no body");
+            self.fatal(dev, 0, ErrorCode::UNEXPECTED, "Hello frames carry no body");
             return Outcome::Done;
+        }
+        let Security::Handshake(hs) = &mut self.sec else {
+            self.fatal(dev, 0, ErrorCode::INTERNAL, "handshake state lost");
+            return Outcome::Done;
+        };
+        if hs.needs_auth() {
+            if let Some(wait) = dev.backoff.check(self.peer, now_ms) {
+                dev.stats.backoff_refusals += 1;
+                let m = msg(format_args!(
+                    "authentication failed recently from {:?}; retry in {} ms",
+                    self.peer, wait
+                ));
+                self.fatal(dev, 0, ErrorCode::BUSY, m.as_str());
+                return Outcome::Done;
+            }
         }
         let cfg = dev.config;
         let cap = self
@@ -955,22 +1253,84 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> State<B> {
             max_chunk: cfg.max_chunk,
             caps: cfg.caps,
         };
-        match negotiate(hello, &policy, self.nonce, cfg.agent) {
+        match hs.handle_hello(hello, &policy, self.nonce, cfg.agent) {
             Ok(ack) => {
+                let keyed = hs.needs_auth();
+                if keyed && !ack.caps.contains(Caps::SEAL) {
+                    // Authentication without sealing would let anyone on
+                    // the path take over the session after Auth.
+                    self.fatal(
+                        dev,
+                        0,
+                        ErrorCode::AUTH_REQUIRED,
+                        "this device requires authentication with sealed frames (AUTH_PSK and SEAL)",
+                    );
+                    return Outcome::Done;
+                }
                 let limits = Limits {
                     max_header: ack.max_header,
                     max_body: u64::from(ack.max_chunk),
                 };
                 self.max_chunk = ack.max_chunk;
                 self.push(dev, &Header::new(0, Message::HelloAck(ack)));
-                // Authentication (AUTH_PSK) goes here: expect Auth before Open.
-                self.phase = Phase::Open;
+                if keyed {
+                    self.phase = Phase::Auth;
+                } else {
+                    self.sec = Security::Plain;
+                    self.phase = Phase::Open;
+                }
                 Outcome::SetLimits(limits)
             }
             Err(e) => {
                 let m = msg(format_args!("{e}"));
-                self.fatal(dev, e.code(), m.as_str());
+                self.fatal(dev, 0, e.code(), m.as_str());
                 Outcome::Done
+            }
+        }
+    }
+
+    fn auth_required<S: Store, C, K>(&mut self, dev: &mut Device<S, C, K>, id: u32) {
+        self.fatal(
+            dev,
+            id,
+            ErrorCode::AUTH_REQUIRED,
+            "authenticate first: this device requires a pre-shared key",
+        );
+    }
+
+    /// The frame after HelloAck on a keyed device: it must be a valid Auth.
+    fn auth<S: Store, C: Clock, K: Commands>(
+        &mut self,
+        dev: &mut Device<S, C, K>,
+        h: &Header<'_>,
+        body_or_sealed: bool,
+        now_ms: u64,
+    ) {
+        let (Message::Auth(proof), false) = (&h.message, body_or_sealed) else {
+            return self.auth_required(dev, h.request_id);
+        };
+        let Security::Handshake(hs) = &mut self.sec else {
+            return self.fatal(dev, 0, ErrorCode::INTERNAL, "handshake state lost");
+        };
+        match hs.handle_auth(proof) {
+            Ok((reply, keys)) => {
+                dev.backoff.record_success(self.peer);
+                // AuthOk is the last unsealed frame.
+                self.push(dev, &Header::new(h.request_id, Message::AuthOk(reply)));
+                self.sec = Security::Sealed(keys);
+                self.phase = Phase::Open;
+            }
+            Err(HandshakeError::BadProof) => {
+                dev.stats.auth_failures += 1;
+                let wait = dev.backoff.record_failure(self.peer, now_ms);
+                let m = msg(format_args!(
+                    "authentication failed: the keys differ (next attempt in {wait} ms)"
+                ));
+                self.fatal(dev, h.request_id, ErrorCode::AUTH_FAILED, m.as_str());
+            }
+            Err(e) => {
+                let m = msg(format_args!("{e}"));
+                self.fatal(dev, h.request_id, e.code(), m.as_str());
             }
         }
     }

@@ -10,8 +10,12 @@ use sha2::{Digest as _, Sha256};
 
 use super::commands::{Cmd, Ctx, Output, Table};
 use super::*;
-use crate::codec::{encode_frame, Decoder, Event as DecEvent, Limits};
-use crate::message::{Argv, Caps, Command, ErrorCode, Exec, ExitStatus, Header, Hello, Message};
+use crate::codec::{encode_frame, encode_head, Decoder, Event as DecEvent, Limits};
+use crate::handshake::{ClientHandshake, Opener, SessionKeys};
+use crate::message::{
+    Argv, Caps, Command, ErrorCode, Exec, ExitStatus, Header, Hello, Message, Proof,
+};
+use crate::wire::{Flags, TAG_LEN};
 
 const NOW_UNIX: u64 = 1_795_355_107_000; // 2026-11-22T13:45:07Z
 
@@ -54,6 +58,9 @@ struct T {
     tx_step: usize,
     /// Largest input slice offered at a time.
     rx_step: usize,
+    /// The client's sealing keys once authenticated: the helpers seal what
+    /// they send, and `recv` checks every frame's tag.
+    keys: Option<SessionKeys>,
 }
 
 type Frames = Vec<(Vec<u8>, Vec<u8>)>;
@@ -82,14 +89,93 @@ fn hello_frame(version: u8) -> Vec<u8> {
     )
 }
 
+/// Seal one frame with `keys` (the client's sending direction).
+fn seal(keys: &mut SessionKeys, h: Header<'_>, body: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; 64 + 1024];
+    let n = encode_head(&h, body.len() as u64, Flags::SEALED, &mut b)
+        .unwrap()
+        .len();
+    b.truncate(n);
+    let mut tag = keys.seal.begin(&b);
+    tag.update(body);
+    b.extend_from_slice(body);
+    b.extend_from_slice(&tag.finish());
+    b
+}
+
+const KEY: [u8; 32] = [0x42; 32];
+const PEER: Peer = Peer::ipv4([192, 168, 69, 100]);
+
 impl T {
     fn new(store_bytes: usize) -> T {
+        T::with_config(store_bytes, Config::DEFAULT)
+    }
+
+    /// A device with `key`, before Hello.
+    fn keyed(store_bytes: usize, key: [u8; 32]) -> T {
+        T::with_config(
+            store_bytes,
+            Config {
+                key: Some(key),
+                ..Config::DEFAULT
+            },
+        )
+    }
+
+    /// Hello → HelloAck → Auth with `key`; returns the reply to Auth.
+    fn authenticate(&mut self, key: Option<[u8; 32]>) -> Frames {
+        let mut hs = ClientHandshake::new(key, [1; 16], 8192, 256 * 1024, Caps::empty(), "t/0");
+        self.send(&enc(
+            Header::new(0, Message::Hello(hs.hello().clone())),
+            &[],
+        ));
+        let f = self.recv();
+        let Message::HelloAck(ack) = head(&f[0]).message else {
+            return f;
+        };
+        assert!(ack.caps.contains(Caps::AUTH_PSK.union(Caps::SEAL)));
+        let proof = hs.handle_hello_ack(&ack).unwrap().unwrap();
+        let f = self.request(Header::new(0, Message::Auth(proof)));
+        if let Message::AuthOk(p) = head(&f[0]).message {
+            assert_eq!(f.len(), 1);
+            self.keys = Some(hs.handle_auth_ok(&p).expect("the device proves the key"));
+        }
+        f
+    }
+
+    /// A keyed device and a client that authenticated with the same key.
+    fn authed(store_bytes: usize) -> T {
+        let mut t = T::keyed(store_bytes, KEY);
+        let f = t.authenticate(Some(KEY));
+        assert!(matches!(head(&f[0]).message, Message::AuthOk(_)), "{f:?}");
+        assert!(t.s.is_authenticated());
+        t
+    }
+
+    /// One frame as this client sends it (sealed once authenticated).
+    fn frame(&mut self, h: Header<'_>, body: &[u8]) -> Vec<u8> {
+        match self.keys.as_mut() {
+            Some(k) => seal(k, h, body),
+            None => enc(h, body),
+        }
+    }
+
+    /// A new connection on the same device, from `peer`, at the current time.
+    fn reconnect(&mut self, peer: Peer) {
+        self.s.handle_close(&mut self.dev);
+        self.s
+            .handle_accept(&mut self.dev, peer, [self.now as u8; 16], self.now);
+        self.keys = None;
+        self.out.clear();
+    }
+
+    fn with_config(store_bytes: usize, config: Config) -> T {
         let table = Table {
             state: 0u32,
             commands: &CMDS,
         };
         let mut dev = Device::new(
-            Config::DEFAULT,
+            config,
             RamStore::new(vec![0; store_bytes]),
             OffsetClock {
                 offset_ms: NOW_UNIX,
@@ -98,7 +184,7 @@ impl T {
             0,
         );
         let mut s = Session::new(vec![0; 512], vec![0; 640], vec![0; 512]);
-        s.handle_accept(&mut dev, [9; 16], 0);
+        s.handle_accept(&mut dev, PEER, [9; 16], 0);
         T {
             dev,
             s,
@@ -106,6 +192,7 @@ impl T {
             out: Vec::new(),
             tx_step: 4096,
             rx_step: 1 << 20,
+            keys: None,
         }
     }
 
@@ -155,13 +242,30 @@ impl T {
         let mut frames = Vec::new();
         let mut cur: Option<(Vec<u8>, Vec<u8>)> = None;
         let mut input = &self.out[..];
+        let mut tag = None;
         loop {
             let (n, r) = d.handle_bytes(input);
             input = &input[n..];
             match r.expect("the device sent an undecodable stream") {
-                Some(DecEvent::Header(f)) => cur = Some((f.header.to_vec(), Vec::new())),
-                Some(DecEvent::Body(b)) => cur.as_mut().unwrap().1.extend_from_slice(b),
-                Some(DecEvent::End { .. }) => frames.push(cur.take().unwrap()),
+                Some(DecEvent::Header(f)) => {
+                    if let Some(k) = self.keys.as_mut() {
+                        assert!(f.prefix.flags.contains(Flags::SEALED), "unsealed reply");
+                        tag = Some(k.open.begin_frame(&f));
+                    }
+                    cur = Some((f.header.to_vec(), Vec::new()))
+                }
+                Some(DecEvent::Body(b)) => {
+                    if let Some(t) = tag.as_mut() {
+                        t.update(b);
+                    }
+                    cur.as_mut().unwrap().1.extend_from_slice(b)
+                }
+                Some(DecEvent::End { tag: got }) => {
+                    if let Some(t) = tag.take() {
+                        assert!(Opener::verify(t, &got.unwrap()), "reply tag fails");
+                    }
+                    frames.push(cur.take().unwrap())
+                }
                 None => break,
             }
         }
@@ -171,7 +275,8 @@ impl T {
     }
 
     fn request(&mut self, h: Header<'_>) -> Frames {
-        self.send(&enc(h, &[]));
+        let f = self.frame(h, &[]);
+        self.send(&f);
         self.recv()
     }
 
@@ -203,10 +308,11 @@ impl T {
         }
         let mut stream = Vec::new();
         for c in data.chunks(1000) {
-            stream.extend(enc(Header::new(id, Message::Data), c));
+            let f = self.frame(Header::new(id, Message::Data), c);
+            stream.extend(f);
         }
         let digest: [u8; 32] = Sha256::digest(data).into();
-        stream.extend(enc(
+        let done = self.frame(
             Header::new(
                 id,
                 Message::Done {
@@ -215,7 +321,8 @@ impl T {
                 },
             ),
             &[],
-        ));
+        );
+        stream.extend(done);
         self.send(&stream);
         self.recv()
     }
@@ -943,7 +1050,10 @@ fn protocol_state_is_small() {
     let (mut h, mut tx, mut o) = ([0u8; 512], [0u8; 640], [0u8; 512]);
     let s = Session::new(&mut h[..], &mut tx[..], &mut o[..]);
     let total = s.mem().total();
-    assert!(core::mem::size_of::<Session<&mut [u8]>>() < 600);
+    // Of which, on a 64-bit host: one HMAC state per direction (144 B
+    // each) for the sealed frame in flight, the handshake or the two
+    // sealing keys (88 B), a SHA-256 state for transfers, the decoder.
+    assert!(core::mem::size_of::<Session<&mut [u8]>>() < 900);
     assert!(total < 4096 - 1472, "{total}");
 }
 
@@ -993,5 +1103,533 @@ fn exec_output_is_chunked_and_cancel_ends_it() {
         Message::Exit {
             status: ExitStatus::Cancelled
         }
+    );
+}
+
+#[test]
+fn keyed_session_authenticates_and_seals_everything() {
+    let mut t = T::authed(64 * 1024);
+    // `recv` checks that every reply is sealed and its tag verifies.
+    assert_eq!(
+        t.request(Header::new(1, Message::Ping { stamp: 7 })),
+        [(
+            enc(Header::new(1, Message::Pong { stamp: 7 }), &[])[18..].to_vec(),
+            Vec::new()
+        )]
+    );
+    let f = t.request(Header::new(2, Message::Echo { text: "sealed" }));
+    assert_eq!(head(&f[0]).message, Message::EchoReply { text: "SEALED" });
+    let (o, e, status) = t.exec(3, &["greet", "you"]);
+    assert_eq!(
+        (o.as_str(), e.as_str(), status),
+        ("hi you\n", "warned", ExitStatus::Code(3))
+    );
+    // Output bodies are sealed too: long output in several frames.
+    let (o, _, _) = t.exec(4, &["flood"]);
+    assert!(o.len() > 300);
+    let data = pattern(5000);
+    let f = t.put(5, "s.bin", &data, false);
+    assert!(
+        matches!(
+            head(f.last().unwrap()).message,
+            Message::Done { bytes: 5000, .. }
+        ),
+        "{f:?}"
+    );
+    assert_eq!(t.get(6, "s.bin"), data);
+    let f = t.request(Header::new(7, Message::List { path: "" }));
+    assert!(matches!(head(&f[0]).message, Message::ListEntry(_)));
+    // Byte by byte both ways gives the same.
+    t.rx_step = 1;
+    t.tx_step = 1;
+    assert_eq!(t.get(8, "s.bin"), data);
+    let f = t.put(9, "t.bin", &data[..1500], false);
+    assert!(matches!(
+        head(f.last().unwrap()).message,
+        Message::Done { bytes: 1500, .. }
+    ));
+    assert!(!t.s.poll_close());
+    let st = t.dev.stats();
+    assert_eq!((st.auth_failures, st.integrity_failures), (0, 0));
+}
+
+#[test]
+fn wrong_key_fails_and_the_peer_backs_off() {
+    let mut t = T::keyed(1024, KEY);
+    let f = t.authenticate(Some([7; 32]));
+    assert_eq!(
+        error_of(&f[0]),
+        (
+            0,
+            ErrorCode::AUTH_FAILED,
+            "authentication failed: the keys differ (next attempt in 1000 ms)".into()
+        )
+    );
+    assert!(t.s.poll_close() && !t.s.is_authenticated());
+    assert_eq!(t.dev.stats().auth_failures, 1);
+    // Within the back-off even the right key is refused at Hello.
+    t.now = 999;
+    t.reconnect(PEER);
+    let f = t.authenticate(Some(KEY));
+    let (id, code, m) = error_of(&f[0]);
+    assert_eq!((id, code), (0, ErrorCode::BUSY));
+    assert!(
+        m.contains("192.168.69.100") && m.contains("retry in 1 ms"),
+        "{m}"
+    );
+    assert!(t.s.poll_close());
+    // Another peer is not held back.
+    t.reconnect(Peer::ipv4([192, 168, 69, 101]));
+    assert!(matches!(
+        head(&t.authenticate(Some(KEY))[0]).message,
+        Message::AuthOk(_)
+    ));
+    // A second failure doubles the wait.
+    t.now = 1_000;
+    t.reconnect(PEER);
+    assert_eq!(
+        error_of(&t.authenticate(Some([8; 32]))[0]).1,
+        ErrorCode::AUTH_FAILED
+    );
+    assert_eq!(t.dev.backoff().check(PEER, 1_000), Some(2_000));
+    t.now = 3_000;
+    t.reconnect(PEER);
+    assert!(matches!(
+        head(&t.authenticate(Some(KEY))[0]).message,
+        Message::AuthOk(_)
+    ));
+    assert_eq!(
+        t.dev.backoff().check(PEER, 3_000),
+        None,
+        "success forgets the peer"
+    );
+    assert_eq!(
+        t.request(Header::new(1, Message::Ping { stamp: 1 })).len(),
+        1
+    );
+    let st = t.dev.stats();
+    assert_eq!((st.auth_failures, st.backoff_refusals), (2, 1));
+}
+
+#[test]
+fn clients_without_the_key_or_without_sealing_are_refused() {
+    // No key: Hello without AUTH_PSK.
+    let mut t = T::keyed(1024, KEY);
+    let f = t.authenticate(None);
+    let (id, code, m) = error_of(&f[0]);
+    assert_eq!((id, code), (0, ErrorCode::AUTH_REQUIRED));
+    assert!(m.contains("pre-shared key"), "{m}");
+    assert!(t.s.poll_close());
+    // AUTH_PSK without SEAL.
+    t.reconnect(PEER);
+    let hello = Hello {
+        version: 1,
+        max_header: 512,
+        max_chunk: 1024,
+        caps: Caps::AUTH_PSK,
+        nonce: [3; 16],
+        agent: "t",
+    };
+    let f = t.request(Header::new(0, Message::Hello(hello)));
+    assert_eq!(error_of(&f[0]).1, ErrorCode::AUTH_REQUIRED);
+    assert!(t.s.poll_close());
+    // Not failures of a key: no back-off.
+    assert_eq!(t.dev.backoff().check(PEER, 0), None);
+}
+
+/// Hello → HelloAck on a keyed device, no Auth yet.
+fn keyed_past_hello() -> T {
+    let mut t = T::keyed(1024, KEY);
+    let hs = ClientHandshake::new(Some(KEY), [1; 16], 512, 1024, Caps::empty(), "t");
+    let f = t.request(Header::new(0, Message::Hello(hs.hello().clone())));
+    assert!(matches!(head(&f[0]).message, Message::HelloAck(_)));
+    t
+}
+
+#[test]
+fn nothing_is_served_before_auth() {
+    let mut b = [0u8; 32];
+    let argv = Argv::join(&["led", "on"], &mut b).unwrap();
+    let exec = Message::Exec(Exec {
+        command: Command::Argv(argv),
+        timeout_ms: None,
+    });
+    let put = Message::Put {
+        path: "x",
+        size: 1,
+        force: true,
+        resume: false,
+    };
+    for (id, m) in [
+        (5, Message::Ping { stamp: 1 }),
+        (6, exec),
+        (7, put),
+        (8, Message::List { path: "" }),
+        (
+            9,
+            Message::Hello(Hello {
+                version: 1,
+                max_header: 512,
+                max_chunk: 1024,
+                caps: Caps::AUTH_PSK.union(Caps::SEAL),
+                nonce: [1; 16],
+                agent: "again",
+            }),
+        ),
+        (10, Message::AuthOk(Proof { mac: [0; 32] })),
+    ] {
+        let mut t = keyed_past_hello();
+        let f = t.request(Header::new(id, m));
+        assert_eq!(f.len(), 1, "{f:?}");
+        let (got, code, _) = error_of(&f[0]);
+        assert_eq!((got, code), (id, ErrorCode::AUTH_REQUIRED));
+        assert!(t.s.poll_close());
+        // Nothing ran, nothing was stored, and later bytes are ignored.
+        let f = t.request(Header::new(11, Message::Ping { stamp: 2 }));
+        assert!(f.is_empty());
+        assert!(!t.dev.led());
+        assert_eq!(t.dev.store.usage().pending + t.dev.store.usage().files, 0);
+    }
+    // An Auth with a body, a sealed Auth, an unknown kind: refused the same way.
+    let mut t = keyed_past_hello();
+    t.send(&enc(
+        Header::new(0, Message::Auth(Proof { mac: [0; 32] })),
+        b"x",
+    ));
+    assert_eq!(error_of(&t.recv()[0]).1, ErrorCode::AUTH_REQUIRED);
+    let mut t = keyed_past_hello();
+    let mut other = SessionKeys {
+        seal: crate::handshake::Sealer::new([1; 32]),
+        open: Opener::new([1; 32]),
+    };
+    t.send(&seal(
+        &mut other,
+        Header::new(0, Message::Auth(Proof { mac: [0; 32] })),
+        &[],
+    ));
+    assert_eq!(error_of(&t.recv()[0]).1, ErrorCode::AUTH_REQUIRED);
+    let mut t = keyed_past_hello();
+    let mut f = enc(Header::new(12, Message::Ping { stamp: 0 }), &[]);
+    f[19] = 99;
+    let repr = crate::wire::PrefixRepr {
+        version: 1,
+        flags: Flags::empty(),
+        header_len: f[4] as u16,
+        body_len: 0,
+    };
+    let (p, h) = f.split_at_mut(18);
+    repr.emit(&mut crate::wire::Prefix::new_unchecked(p), h);
+    t.send(&f);
+    let (id, code, _) = error_of(&t.recv()[0]);
+    assert_eq!((id, code), (12, ErrorCode::AUTH_REQUIRED));
+}
+
+/// The frames of an upload of `data` to `name` as request `id`, sealed:
+/// Put, Data…, Done.
+fn sealed_upload(t: &mut T, id: u32, name: &str, data: &[u8]) -> Vec<Vec<u8>> {
+    let mut v = vec![t.frame(
+        Header::new(
+            id,
+            Message::Put {
+                path: name,
+                size: data.len() as u64,
+                force: true,
+                resume: false,
+            },
+        ),
+        &[],
+    )];
+    for c in data.chunks(1000) {
+        v.push(t.frame(Header::new(id, Message::Data), c));
+    }
+    let digest: [u8; 32] = Sha256::digest(data).into();
+    v.push(t.frame(
+        Header::new(
+            id,
+            Message::Done {
+                bytes: data.len() as u64,
+                sha256: Some(digest),
+            },
+        ),
+        &[],
+    ));
+    v
+}
+
+/// The session ended with INTEGRITY (id 0) after `replies` good frames.
+fn assert_integrity(t: &mut T, replies: usize) {
+    let f = t.recv();
+    assert_eq!(f.len(), replies + 1, "{f:?}");
+    let (id, code, _) = error_of(f.last().unwrap());
+    assert_eq!((id, code), (0, ErrorCode::INTEGRITY));
+    assert!(t.s.poll_close());
+}
+
+#[test]
+fn frames_that_fail_their_tag_end_the_session_with_no_effect() {
+    let data = pattern(2500);
+    // A replayed frame: the first copy is served, the second is refused.
+    let mut t = T::authed(16 * 1024);
+    let ping = t.frame(Header::new(1, Message::Ping { stamp: 1 }), &[]);
+    t.send(&ping);
+    t.send(&ping);
+    assert_integrity(&mut t, 1);
+
+    // A reordered pair: the later frame first is refused, nothing runs.
+    let mut t = T::authed(16 * 1024);
+    let mut b = [0u8; 32];
+    let argv = Argv::join(&["led", "on"], &mut b).unwrap();
+    let first = t.frame(
+        Header::new(
+            1,
+            Message::Exec(Exec {
+                command: Command::Argv(argv),
+                timeout_ms: None,
+            }),
+        ),
+        &[],
+    );
+    let second = t.frame(Header::new(2, Message::Ping { stamp: 2 }), &[]);
+    t.send(&second);
+    t.send(&first);
+    assert_integrity(&mut t, 0);
+    assert!(!t.dev.led(), "a frame after a bad one was acted on");
+
+    // A flipped body bit in upload data: refused, not committed, slot freed.
+    let mut t = T::authed(16 * 1024);
+    let mut up = sealed_upload(&mut t, 1, "u.bin", &data);
+    let put = up.remove(0);
+    let f = {
+        t.send(&put);
+        t.recv()
+    };
+    assert!(matches!(head(&f[0]).message, Message::PutReady { .. }));
+    up[1][30] ^= 0x10;
+    for fr in &up {
+        t.send(fr);
+    }
+    assert_integrity(&mut t, 0);
+    t.s.handle_close(&mut t.dev);
+    assert!(t.dev.store.find("u.bin").is_none());
+    assert_eq!(t.dev.store.usage().pending, 0);
+
+    // A good upload whose Done has a bad tag: the digest matches, but it
+    // is not committed.
+    let mut t = T::authed(16 * 1024);
+    let mut up = sealed_upload(&mut t, 1, "d.bin", &data);
+    let last = up.len() - 1;
+    let n = up[last].len();
+    up[last][n - 1] ^= 1;
+    for fr in &up {
+        t.send(fr);
+    }
+    assert_integrity(&mut t, 1);
+    t.s.handle_close(&mut t.dev);
+    assert!(t.dev.store.find("d.bin").is_none());
+    assert_eq!(t.dev.stats().files_stored, 0);
+
+    // A frame spliced in from another session (other keys), and an
+    // unsealed frame: refused.
+    for spliced in [true, false] {
+        let mut t = T::authed(16 * 1024);
+        let f = if spliced {
+            // Same key, other nonces: other session keys.
+            let mut other = T::keyed(1024, KEY);
+            other.now = 77;
+            other.reconnect(PEER);
+            other.authenticate(Some(KEY));
+            other.frame(Header::new(1, Message::Ping { stamp: 1 }), &[])
+        } else {
+            enc(Header::new(1, Message::Ping { stamp: 1 }), &[])
+        };
+        t.send(&f);
+        assert_integrity(&mut t, 0);
+    }
+
+    // A frame whose SEALED flag was cleared (checksum fixed up) and one
+    // whose tag was cut off by another frame: refused.
+    let mut t = T::authed(16 * 1024);
+    let mut f = t.frame(Header::new(1, Message::Ping { stamp: 1 }), &[]);
+    let hl = f[4] as usize;
+    let cut = t.frame(Header::new(2, Message::Ping { stamp: 2 }), &[]);
+    f.truncate(18 + hl + 8);
+    f.extend(&cut);
+    t.send(&f);
+    assert_integrity(&mut t, 0);
+
+    // The connection cut in the middle of the Done frame: nothing committed.
+    let mut t = T::authed(16 * 1024);
+    let up = sealed_upload(&mut t, 1, "c.bin", &data);
+    for fr in &up[..up.len() - 1] {
+        t.send(fr);
+    }
+    let done = &up[up.len() - 1];
+    t.send(&done[..done.len() - 1]);
+    let f = t.recv();
+    assert_eq!(f.len(), 1, "only PutReady: {f:?}");
+    t.s.handle_close(&mut t.dev);
+    assert!(t.dev.store.find("c.bin").is_none());
+    assert_eq!(t.dev.store.usage().pending, 0);
+
+    // The device keeps serving a well-behaved client afterwards.
+    t.reconnect(PEER);
+    assert!(matches!(
+        head(&t.authenticate(Some(KEY))[0]).message,
+        Message::AuthOk(_)
+    ));
+    let f = t.put(1, "ok.bin", &data, false);
+    assert!(matches!(
+        head(f.last().unwrap()).message,
+        Message::Done { .. }
+    ));
+    assert_eq!(t.get(2, "ok.bin"), data);
+    assert!(
+        t.dev.stats().integrity_failures == 0,
+        "stats are per device, this one is fresh"
+    );
+}
+
+#[test]
+fn upload_errors_in_a_sealed_frame_wait_for_its_tag() {
+    // Data beyond the announced size: the upload is discarded at once, but
+    // the error is only sent once the frame's tag verified.
+    let mut t = T::authed(16 * 1024);
+    let put = t.frame(
+        Header::new(
+            1,
+            Message::Put {
+                path: "o.bin",
+                size: 10,
+                force: false,
+                resume: false,
+            },
+        ),
+        &[],
+    );
+    t.send(&put);
+    assert!(matches!(
+        head(&t.recv()[0]).message,
+        Message::PutReady { .. }
+    ));
+    let data = t.frame(Header::new(1, Message::Data), &[5; 20]);
+    t.send(&data[..data.len() - TAG_LEN]);
+    assert!(t.recv().is_empty(), "said something before the tag");
+    t.send(&data[data.len() - TAG_LEN..]);
+    let (id, code, _) = error_of(&t.recv()[0]);
+    assert_eq!((id, code), (1, ErrorCode::BAD_LENGTH));
+    // The same with a bad tag: INTEGRITY only, the upload discarded.
+    let mut t = T::authed(16 * 1024);
+    let put = t.frame(
+        Header::new(
+            1,
+            Message::Put {
+                path: "o.bin",
+                size: 10,
+                force: false,
+                resume: false,
+            },
+        ),
+        &[],
+    );
+    t.send(&put);
+    assert!(matches!(
+        head(&t.recv()[0]).message,
+        Message::PutReady { .. }
+    ));
+    let mut data = t.frame(Header::new(1, Message::Data), &[5; 20]);
+    let n = data.len();
+    data[n - 1] ^= 1;
+    t.send(&data);
+    assert_integrity(&mut t, 0);
+    assert_eq!(t.dev.store.usage().pending, 0);
+}
+
+#[test]
+fn deadlines_close_silent_and_idle_connections() {
+    // No Hello: TIMEOUT at the handshake deadline, not before.
+    let mut t = T::new(1024);
+    assert_eq!(t.s.poll_timeout(), Some(10_000));
+    t.s.handle_timeout(&mut t.dev, 9_999);
+    assert!(t.recv().is_empty() && !t.s.poll_close());
+    t.s.handle_timeout(&mut t.dev, 10_000);
+    let (id, code, m) = error_of(&t.recv()[0]);
+    assert_eq!((id, code), (0, ErrorCode::TIMEOUT));
+    assert!(m.contains("handshake"), "{m}");
+    assert!(t.s.poll_close());
+    // Keyed, Hello but no Auth: the same deadline.
+    let mut t = keyed_past_hello();
+    t.s.handle_timeout(&mut t.dev, 10_000);
+    assert_eq!(error_of(&t.recv()[0]).1, ErrorCode::TIMEOUT);
+    // Open: traffic keeps it alive, silence ends it.
+    let mut t = T::authed(1024);
+    t.now = 100_000;
+    assert_eq!(
+        t.request(Header::new(1, Message::Ping { stamp: 1 })).len(),
+        1
+    );
+    assert_eq!(t.s.poll_timeout(), Some(220_000));
+    t.s.handle_timeout(&mut t.dev, 219_999);
+    assert!(!t.s.poll_close());
+    t.s.handle_timeout(&mut t.dev, 220_000);
+    let (id, code, m) = error_of(&t.recv()[0]);
+    assert_eq!((id, code), (0, ErrorCode::TIMEOUT));
+    assert!(m.contains("idle"), "{m}");
+    assert!(t.s.poll_close());
+    assert_eq!(t.dev.stats().timeouts, 1);
+    // A peer that reads nothing: the Error cannot go out; after the close
+    // grace the session gives up on it.
+    let mut t = T::new(1024);
+    t.s.handle_timeout(&mut t.dev, 10_000);
+    assert!(!t.s.poll_close(), "the Error is still queued");
+    assert_eq!(t.s.poll_timeout(), Some(10_000 + CLOSE_GRACE_MS));
+    t.s.handle_timeout(&mut t.dev, 10_000 + CLOSE_GRACE_MS);
+    assert!(t.s.poll_close());
+    assert_eq!(t.s.poll_timeout(), None);
+    // A slow reader of a download is closed too once nothing moves.
+    let mut t = T::open(64 * 1024);
+    t.put(1, "big", &pattern(20_000), false);
+    let g = t.frame(
+        Header::new(
+            2,
+            Message::Get {
+                path: "big",
+                offset: 0,
+            },
+        ),
+        &[],
+    );
+    t.send(&g);
+    let mut buf = [0u8; 100];
+    t.s.poll_transmit(&mut t.dev, &mut buf, 5);
+    assert_eq!(t.s.poll_timeout(), Some(120_005));
+    t.s.handle_timeout(&mut t.dev, 120_005);
+    t.s.handle_timeout(&mut t.dev, 120_005 + CLOSE_GRACE_MS);
+    assert!(t.s.poll_close());
+    t.s.handle_close(&mut t.dev);
+    // Disabled deadlines never fire.
+    let mut t = T::with_config(
+        1024,
+        Config {
+            handshake_timeout_ms: 0,
+            idle_timeout_ms: 0,
+            ..Config::DEFAULT
+        },
+    );
+    assert_eq!(t.s.poll_timeout(), None);
+    t.send(&hello_frame(1));
+    t.recv();
+    assert_eq!(t.s.poll_timeout(), None);
+}
+
+#[test]
+fn config_debug_never_shows_the_key() {
+    let c = Config {
+        key: Some([0xAB; 32]),
+        ..Config::DEFAULT
+    };
+    let s = std::format!("{c:?}");
+    assert!(
+        s.contains("<redacted>") && !s.contains("171") && !s.to_lowercase().contains("ab, "),
+        "{s}"
     );
 }
