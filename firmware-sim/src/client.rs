@@ -2,16 +2,21 @@
 //! the core's frame drivers. It drives the device over the virtual wire
 //! (where the host `tether` binary, which needs real sockets, cannot go) and
 //! checks every reply it gets; the demo and the tests use it.
+//!
+//! With a key it authenticates through the core's
+//! [`ClientHandshake`](tether_proto::handshake::ClientHandshake) (the same
+//! state machine as the host client) and then seals every frame it sends
+//! and checks the tag of every frame it receives.
 
 use std::fmt;
 
 use sha2::{Digest as _, Sha256};
-use tether_proto::codec::Limits;
+use tether_proto::codec::{encode_head, Limits};
+use tether_proto::handshake::{ClientHandshake, HandshakeError, Opener, SessionKeys, KEY_LEN};
 use tether_proto::io::{write_frame, FrameReader};
 use tether_proto::message::{EntryKind, Stream};
-use tether_proto::{
-    Argv, Caps, Command, ErrorCode, Exec, ExitStatus, FrameError, Header, Hello, Message,
-};
+use tether_proto::wire::Flags;
+use tether_proto::{Argv, Caps, Command, ErrorCode, Exec, ExitStatus, FrameError, Header, Message};
 
 /// What went wrong on the client side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +34,11 @@ pub enum ClientError {
     },
     /// The device answered something the protocol does not allow here.
     Protocol(String),
+    /// The handshake failed on this side (the device does not
+    /// authenticate, or its proof is wrong).
+    Handshake(HandshakeError),
+    /// A frame from the device was unsealed or failed its tag.
+    Integrity(String),
 }
 
 impl ClientError {
@@ -47,6 +57,8 @@ impl fmt::Display for ClientError {
             ClientError::Io(e) => write!(f, "{e}"),
             ClientError::Remote { code, message, .. } => write!(f, "device: {message} ({code})"),
             ClientError::Protocol(e) => write!(f, "protocol violation: {e}"),
+            ClientError::Handshake(e) => write!(f, "handshake: {e}"),
+            ClientError::Integrity(e) => write!(f, "integrity: {e}"),
         }
     }
 }
@@ -115,6 +127,8 @@ pub struct Client<T: embedded_io::Read + embedded_io::Write> {
     pub agent: String,
     /// The device's capabilities.
     pub caps: Caps,
+    /// Sealing keys, once authenticated.
+    keys: Option<SessionKeys>,
 }
 
 impl<T: embedded_io::Read + embedded_io::Write> fmt::Debug for Client<T> {
@@ -134,8 +148,16 @@ impl<T: embedded_io::Read + embedded_io::Write> Client<T>
 where
     T::Error: fmt::Debug,
 {
-    /// Say Hello over `io` and wait for HelloAck.
+    /// Say Hello over `io` and wait for HelloAck, without a key (a device
+    /// that requires one answers `AUTH_REQUIRED`).
     pub fn connect(io: T) -> Result<Self> {
+        Self::connect_with_key(io, None)
+    }
+
+    /// Say Hello over `io`; with `key`, authenticate (Auth/AuthOk) and seal
+    /// everything after. A device that does not authenticate is refused
+    /// when a key is given ([`ClientError::Handshake`]).
+    pub fn connect_with_key(io: T, key: Option<[u8; KEY_LEN]>) -> Result<Self> {
         let mut c = Client {
             rd: FrameReader::new(io, vec![0; 8192], vec![0; 16 * 1024], Limits::HANDSHAKE),
             buf: vec![0; 64 * 1024],
@@ -144,24 +166,26 @@ where
             max_header: 0,
             agent: String::new(),
             caps: Caps::empty(),
+            keys: None,
         };
-        let hello = Hello {
-            version: tether_proto::wire::VERSION,
-            max_header: tether_proto::HOST_MAX_HEADER,
-            max_chunk: tether_proto::HOST_MAX_CHUNK,
-            caps: Caps::EXEC
+        let mut hs = ClientHandshake::new(
+            key,
+            rand::random(),
+            tether_proto::HOST_MAX_HEADER,
+            tether_proto::HOST_MAX_CHUNK,
+            Caps::EXEC
                 .union(Caps::SHELL)
                 .union(Caps::FILES)
                 .union(Caps::WRITE),
-            nonce: rand::random(),
-            agent: concat!("tether-sim-client/", env!("CARGO_PKG_VERSION")),
-        };
-        c.send(&Header::new(0, Message::Hello(hello)), &[])?;
+            concat!("tether-sim-client/", env!("CARGO_PKG_VERSION")),
+        );
+        c.send(&Header::new(0, Message::Hello(hs.hello().clone())), &[])?;
         let r = c.expect(0)?;
         let h = r.parse()?;
         let Message::HelloAck(ack) = &h.message else {
             return Err(unexpected("HelloAck", &h.message));
         };
+        let proof = hs.handle_hello_ack(ack).map_err(ClientError::Handshake)?;
         let (max_header, max_chunk, agent, caps) = (
             ack.max_header,
             ack.max_chunk,
@@ -176,7 +200,21 @@ where
             max_header,
             max_body: u64::from(max_chunk),
         });
+        if let Some(proof) = proof {
+            c.send(&Header::new(0, Message::Auth(proof)), &[])?;
+            let r = c.expect(0)?;
+            let h = r.parse()?;
+            let Message::AuthOk(p) = &h.message else {
+                return Err(unexpected("AuthOk", &h.message));
+            };
+            c.keys = Some(hs.handle_auth_ok(p).map_err(ClientError::Handshake)?);
+        }
         Ok(c)
+    }
+
+    /// Whether the session is authenticated (and every frame sealed).
+    pub fn is_sealed(&self) -> bool {
+        self.keys.is_some()
     }
 
     /// The transport.
@@ -191,10 +229,30 @@ where
         id
     }
 
-    /// Send one frame.
+    /// Send one frame (sealed once authenticated).
     pub fn send(&mut self, h: &Header<'_>, body: &[u8]) -> Result<()> {
+        if self.keys.is_some() {
+            let f = self.seal_frame(h, body)?;
+            return self.send_raw(&f);
+        }
         write_frame(self.rd.get_mut(), h, body, &mut self.buf)?;
         Ok(())
+    }
+
+    /// The bytes of one sealed frame, taking the next sequence number,
+    /// without sending it (hostile tests replay, reorder or alter them).
+    pub fn seal_frame(&mut self, h: &Header<'_>, body: &[u8]) -> Result<Vec<u8>> {
+        let Some(keys) = self.keys.as_mut() else {
+            return Err(ClientError::Protocol("not authenticated".into()));
+        };
+        let head = encode_head(h, body.len() as u64, Flags::SEALED, &mut self.buf)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut tag = keys.seal.begin(head);
+        tag.update(body);
+        let mut f = head.to_vec();
+        f.extend_from_slice(body);
+        f.extend_from_slice(&tag.finish());
+        Ok(f)
     }
 
     /// Send raw bytes (hostile tests).
@@ -210,9 +268,21 @@ where
         Ok(())
     }
 
-    /// Receive one frame, whatever it is.
+    /// Receive one frame, whatever it is (its tag checked once authenticated).
     pub fn recv(&mut self) -> Result<Reply> {
-        let header = self.rd.read_frame()?.header.to_vec();
+        let frame = self.rd.read_frame()?;
+        let header = frame.header.to_vec();
+        let mut tag = match self.keys.as_mut() {
+            Some(k) if frame.prefix.flags.contains(Flags::SEALED) => {
+                Some(k.open.begin_frame(&frame))
+            }
+            Some(_) => {
+                return Err(ClientError::Integrity(
+                    "unsealed frame on an authenticated session".into(),
+                ))
+            }
+            None => None,
+        };
         let mut body = Vec::new();
         let mut chunk = [0u8; 4096];
         loop {
@@ -220,7 +290,16 @@ where
             if n == 0 {
                 break;
             }
+            if let Some(t) = tag.as_mut() {
+                t.update(&chunk[..n]);
+            }
             body.extend_from_slice(&chunk[..n]);
+        }
+        if let Some(t) = tag {
+            let ok = self.rd.tag().is_some_and(|got| Opener::verify(t, &got));
+            if !ok {
+                return Err(ClientError::Integrity("a frame failed its tag".into()));
+            }
         }
         Ok(Reply { header, body })
     }

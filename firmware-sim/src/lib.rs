@@ -27,10 +27,75 @@ use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::phy;
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv4Cidr};
 use tether_proto::device::commands::{Cmd, Ctx, Output, Table};
-use tether_proto::device::{Config, Device, Event, OffsetClock, RamStore, Session};
+use tether_proto::device::{Config, Device, Event, OffsetClock, Peer, RamStore, Session};
+use tether_proto::handshake::KEY_LEN;
 use tether_proto::{DEFAULT_PORT, MAX_DATAGRAM};
+
+/// A pre-shared key; `Debug` never shows it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Key(pub [u8; KEY_LEN]);
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(<redacted>)")
+    }
+}
+
+/// Why a key file was refused (the key itself is never part of the message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyError {
+    /// Not exactly 64 hexadecimal digits (and at most one final newline).
+    Format(String),
+}
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyError::Format(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+impl Key {
+    /// Parse a key file's contents: exactly 64 hexadecimal digits, then
+    /// optionally one newline (`\n` or `\r\n`); nothing else (the format
+    /// `tether keygen` writes).
+    pub fn parse(text: &[u8]) -> Result<Key, KeyError> {
+        let body = text
+            .strip_suffix(b"\r\n")
+            .or_else(|| text.strip_suffix(b"\n"))
+            .unwrap_or(text);
+        if body.len() != 2 * KEY_LEN {
+            return Err(KeyError::Format(format!(
+                "a key is 64 hexadecimal digits and at most one newline; this has {} bytes",
+                text.len()
+            )));
+        }
+        let mut k = [0u8; KEY_LEN];
+        for (i, pair) in body.chunks(2).enumerate() {
+            let hex = |c: u8| match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                b'A'..=b'F' => Some(c - b'A' + 10),
+                _ => None,
+            };
+            match (hex(pair[0]), hex(pair[1])) {
+                (Some(h), Some(l)) => k[i] = h << 4 | l,
+                _ => {
+                    return Err(KeyError::Format(format!(
+                        "a key is 64 hexadecimal digits; byte {} is not one",
+                        2 * i + usize::from(hex(pair[0]).is_some()) + 1
+                    )))
+                }
+            }
+        }
+        Ok(Key(k))
+    }
+}
 
 /// Most files the simulated store holds.
 pub const STORE_FILES: usize = 32;
@@ -74,6 +139,13 @@ pub struct SimConfig {
     pub unix_ms_at_zero: u64,
     /// Seed for the handshake nonces and TCP sequence numbers.
     pub seed: u64,
+    /// The pre-shared key: with one, every connection must authenticate
+    /// and every frame after that is sealed.
+    pub key: Option<Key>,
+    /// Hello (and Auth) must complete within this many ms of the accept.
+    pub handshake_timeout_ms: u32,
+    /// An open connection moving no byte for this many ms is closed.
+    pub idle_timeout_ms: u32,
     /// Print connections, LED changes and reboots to stderr.
     pub verbose: bool,
 }
@@ -97,6 +169,9 @@ impl Default for SimConfig {
             // 2026-11-22T00:00:00Z
             unix_ms_at_zero: 1_795_305_600_000,
             seed: 1,
+            key: None,
+            handshake_timeout_ms: Config::DEFAULT.handshake_timeout_ms,
+            idle_timeout_ms: Config::DEFAULT.idle_timeout_ms,
             verbose: false,
         }
     }
@@ -281,6 +356,9 @@ impl SimDevice {
             agent: concat!("tether-sim/", env!("CARGO_PKG_VERSION")),
             max_chunk: config.max_chunk,
             extra_ram: extra,
+            key: config.key.map(|k| k.0),
+            handshake_timeout_ms: config.handshake_timeout_ms,
+            idle_timeout_ms: config.idle_timeout_ms,
             ..Config::DEFAULT
         };
         let dev = Device::new(
@@ -353,12 +431,24 @@ impl SimDevice {
         out
     }
 
-    /// When to poll next (`None`: only when a packet arrives).
+    /// When to poll next (`None`: only when a packet arrives or, with a
+    /// session open, at its next deadline).
     pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
         if self.reboot_pending {
             return Some(Duration::from_millis(1));
         }
-        self.iface.poll_delay(now, &self.sockets)
+        let net = self.iface.poll_delay(now, &self.sockets);
+        let now_ms = ms(now);
+        let session = self
+            .conns
+            .iter()
+            .filter_map(|c| c.session.poll_timeout())
+            .min()
+            .map(|at| Duration::from_millis(at.saturating_sub(now_ms)));
+        match (net, session) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn drained(&self) -> bool {
@@ -408,13 +498,18 @@ impl SimDevice {
                 S::Listen | S::SynSent | S::SynReceived => continue,
                 S::Established | S::CloseWait if !session_open && !self.reboot_pending => {
                     let nonce = self.nonce();
-                    let peer = self
+                    let remote = self
                         .sockets
                         .get::<tcp::Socket<'_>>(handle)
                         .remote_endpoint();
+                    // The back-off after failed authentication is per address.
+                    let peer = match remote.map(|e| e.addr) {
+                        Some(IpAddress::Ipv4(a)) => Peer::ipv4(a.octets()),
+                        _ => Peer::UNKNOWN,
+                    };
                     let c = &mut self.conns[i];
-                    c.session.handle_accept(&mut self.dev, nonce, now_ms);
-                    if let Some(p) = peer {
+                    c.session.handle_accept(&mut self.dev, peer, nonce, now_ms);
+                    if let Some(p) = remote {
                         self.log(format_args!("connection {i} from {p}"));
                     }
                     worked = true;
@@ -433,6 +528,15 @@ impl SimDevice {
             let sock = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
             let c = &mut self.conns[i];
             let dev = &mut self.dev;
+            // Handshake, idle and close deadlines.
+            let before = dev.stats().timeouts;
+            c.session.handle_timeout(dev, now_ms);
+            if dev.stats().timeouts != before {
+                worked = true;
+                if self.config.verbose {
+                    eprintln!("[tether-sim] connection {i}: deadline passed");
+                }
+            }
             loop {
                 let mut moved = false;
                 while reading && sock.can_recv() {
@@ -469,7 +573,13 @@ impl SimDevice {
                     && !sock.can_recv()
                     && !c.session.wants_transmit());
             if closing {
-                sock.close();
+                if c.session.wants_transmit() {
+                    // The close grace passed with the final Error undelivered
+                    // (the peer reads nothing): reset, free the slot now.
+                    sock.abort();
+                } else {
+                    sock.close();
+                }
                 c.session.handle_close(dev);
                 worked = true;
             }

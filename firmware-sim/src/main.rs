@@ -16,13 +16,17 @@ use smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
 use tether_proto::{Header, Message};
 use tether_sim::client::{datagram, parse_datagram, Client};
 use tether_sim::virt::{VirtualConfig, VirtualNet};
-use tether_sim::{SimConfig, SimDevice};
+use tether_sim::{Key, SimConfig, SimDevice};
 
 /// The simulated tether device: the firmware's no_std device logic on smoltcp.
 ///
 /// By default it attaches to a TAP interface (created if it does not exist,
 /// which needs root or CAP_NET_ADMIN and /dev/net/tun) and serves tether on
 /// TCP and UDP, and ICMP echo, until SIGINT or SIGTERM.
+///
+/// With a key (--key-file, TETHER_KEY_FILE, or TETHER_KEY as 64 hex digits)
+/// every TCP connection must authenticate and every frame is sealed; the key
+/// is never taken from the command line.
 #[derive(Debug, Parser)]
 #[command(name = "tether-sim", version)]
 struct Args {
@@ -86,6 +90,54 @@ struct Args {
     /// Print the device's RAM use and exit.
     #[arg(long)]
     ram: bool,
+    /// Pre-shared key file (64 hex digits, as `tether keygen` writes it):
+    /// connections must authenticate, frames are sealed.
+    #[arg(long, value_name = "PATH", env = "TETHER_KEY_FILE")]
+    key_file: Option<PathBuf>,
+}
+
+/// The key from --key-file / TETHER_KEY_FILE, or TETHER_KEY (hex).
+fn load_key(a: &Args) -> anyhow::Result<Option<Key>> {
+    let env = std::env::var_os("TETHER_KEY").filter(|v| !v.is_empty());
+    match (&a.key_file, env) {
+        (Some(_), Some(_)) => {
+            bail!("both a key file (--key-file or TETHER_KEY_FILE) and TETHER_KEY are set: use one")
+        }
+        (Some(path), None) => {
+            let text = std::fs::read(path)
+                .with_context(|| format!("cannot read key file {}", path.display()))?;
+            warn_if_readable_by_others(path);
+            let key = Key::parse(&text).with_context(|| format!("key file {}", path.display()))?;
+            Ok(Some(key))
+        }
+        (None, Some(hex)) => {
+            let key = Key::parse(hex.as_encoded_bytes()).context("TETHER_KEY")?;
+            Ok(Some(key))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        let mode = m.permissions().mode();
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "[tether-sim] warning: key file {} is accessible to other users (mode {:o}); chmod 600 it",
+                path.display(),
+                mode & 0o777
+            );
+        }
+    }
+}
+
+fn auth_line(key: &Option<Key>) -> &'static str {
+    if key.is_some() {
+        "authentication: pre-shared key required, frames sealed (HMAC-SHA256)"
+    } else {
+        "authentication: NONE: anyone who can reach the device runs commands and writes files (use --key-file)"
+    }
 }
 
 fn parse_cidr(s: &str) -> Result<Ipv4Cidr, String> {
@@ -98,7 +150,7 @@ fn parse_mac(s: &str) -> Result<EthernetAddress, String> {
         .map_err(|()| format!("{s:?} is not a MAC address (02-00-00-00-00-01)"))
 }
 
-fn sim_config(a: &Args, seed: u64, unix_ms_at_zero: u64) -> SimConfig {
+fn sim_config(a: &Args, seed: u64, unix_ms_at_zero: u64, key: Option<Key>) -> SimConfig {
     SimConfig {
         ip: a.ip,
         gateway: a.gateway,
@@ -109,6 +161,7 @@ fn sim_config(a: &Args, seed: u64, unix_ms_at_zero: u64) -> SimConfig {
         max_chunk: a.max_chunk,
         unix_ms_at_zero,
         seed,
+        key,
         verbose: !a.quiet,
         ..SimConfig::default()
     }
@@ -157,7 +210,7 @@ fn unix_now_ms() -> u64 {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.ram {
-        print_ram(&sim_config(&args, 1, 0));
+        print_ram(&sim_config(&args, 1, 0, None));
         return Ok(());
     }
     if args.virtual_demo {
@@ -185,6 +238,7 @@ fn run_tap(a: &Args) -> anyhow::Result<()> {
         ),
         None => Box::new(std::io::sink()),
     };
+    let key = load_key(a)?;
     let seed = a.seed.unwrap_or_else(rand::random);
     let mut phy = FaultInjector::new(PcapWriter::new(tap, sink, PcapMode::Both), seed as u32);
     phy.set_drop_chance(a.drop_chance);
@@ -196,7 +250,7 @@ fn run_tap(a: &Args) -> anyhow::Result<()> {
 
     let start = std::time::Instant::now();
     let now = || Instant::from_millis(start.elapsed().as_millis() as i64);
-    let cfg = sim_config(a, seed, unix_now_ms());
+    let cfg = sim_config(a, seed, unix_now_ms(), key);
     let mut sim = SimDevice::new(cfg, &mut phy, now());
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -218,6 +272,10 @@ fn run_tap(a: &Args) -> anyhow::Result<()> {
                 .map(|p| format!("; pcap {}", p.display()))
                 .unwrap_or_default()
         );
+    }
+    // Said even with --quiet: an open device should not go unnoticed.
+    if !a.quiet || key.is_none() {
+        eprintln!("[tether-sim] {}", auth_line(&key));
     }
     while !stop.load(Ordering::Relaxed) {
         let t = now();
@@ -247,7 +305,8 @@ fn virtual_demo(a: &Args) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let mut cfg = sim_config(a, seed, unix_now_ms());
+    let key = load_key(a)?;
+    let mut cfg = sim_config(a, seed, unix_now_ms(), key);
     cfg.verbose = false;
     let dev_ip = cfg.ip.address();
     let port = cfg.port;
@@ -267,6 +326,7 @@ fn virtual_demo(a: &Args) -> anyhow::Result<()> {
         tether_sim::virt::HOST_IP,
         faults(a)
     );
+    println!("== {}", auth_line(&key));
     let wall = std::time::Instant::now();
     let data: Vec<u8> = {
         let mut x = seed | 1;
@@ -290,10 +350,17 @@ fn virtual_demo(a: &Args) -> anyhow::Result<()> {
     }
     {
         let tcp = net.connect().context("connect")?;
-        let mut c = Client::connect(tcp).context("handshake")?;
+        let mut c = Client::connect_with_key(tcp, key.map(|k| k.0)).context("handshake")?;
         println!(
-            "== connected: {} (max_chunk {}, max_header {})",
-            c.agent, c.max_chunk, c.max_header
+            "== connected: {} (max_chunk {}, max_header {}{})",
+            c.agent,
+            c.max_chunk,
+            c.max_header,
+            if c.is_sealed() {
+                ", authenticated, sealed"
+            } else {
+                ""
+            }
         );
         for i in 0..3u64 {
             let t0 = c.transport().net().now();

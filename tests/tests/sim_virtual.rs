@@ -3,14 +3,18 @@
 //! privileges, no timing assertions.
 
 use sha2::{Digest as _, Sha256};
+use tether_proto::codec::Limits;
+use tether_proto::handshake::ClientHandshake;
+use tether_proto::io::FrameReader;
 use tether_proto::message::{EntryKind, Proof};
 use tether_proto::wire::{Flags, Prefix, PrefixRepr};
+use tether_proto::Caps;
 use tether_proto::{encode_frame, ErrorCode, ExitStatus, Header, Message};
 use tether_sim::client::{datagram, parse_datagram, Client, ClientError};
 use tether_sim::embedded_io;
 use tether_sim::smoltcp::time::Duration;
 use tether_sim::virt::{VirtualConfig, VirtualNet, VirtualTcp};
-use tether_sim::SimConfig;
+use tether_sim::{Key, SimConfig};
 
 fn net(drop_pct: u8, corrupt_pct: u8, store_bytes: usize) -> VirtualNet {
     VirtualNet::new(VirtualConfig {
@@ -436,4 +440,326 @@ fn a_full_store_gives_a_clear_error() {
     // A name over the store's limit.
     let (code, _) = remote_code(c.put(&"n".repeat(49), b"x", true));
     assert_eq!(code, ErrorCode::TOO_LARGE);
+}
+
+// ---- Authentication and sealing (issue 5) ----
+
+const KEY: [u8; 32] = *b"tether sim-virtual test key 0001";
+
+fn keyed_net(store_bytes: usize) -> VirtualNet {
+    VirtualNet::new(VirtualConfig {
+        seed: 0x5ec0_0001,
+        device: SimConfig {
+            store_bytes,
+            key: Some(Key(KEY)),
+            ..SimConfig::default()
+        },
+        ..VirtualConfig::default()
+    })
+}
+
+fn connect_keyed(n: &mut VirtualNet) -> Client<VirtualTcp<'_>> {
+    let tcp = n.connect().expect("connect over the virtual wire");
+    Client::connect_with_key(tcp, Some(KEY)).expect("authenticated handshake")
+}
+
+/// Read one frame from a raw connection: its header (unsealed frames only).
+fn raw_frame(tcp: &mut VirtualTcp<'_>) -> Option<Vec<u8>> {
+    let mut rd = FrameReader::new(tcp, vec![0u8; 1024], vec![0u8; 64], Limits::HANDSHAKE);
+    let h = rd.read_frame().ok()?.header.to_vec();
+    rd.skip_body().ok()?;
+    Some(h)
+}
+
+fn raw_error(tcp: &mut VirtualTcp<'_>) -> (u32, ErrorCode, String) {
+    let h = raw_frame(tcp).expect("an Error frame");
+    match Header::parse(&h).unwrap() {
+        Header {
+            request_id,
+            message: Message::Error { code, message },
+        } => (request_id, code, message.to_string()),
+        h => panic!("expected Error, got {h:?}"),
+    }
+}
+
+/// Whether the device closed the connection (after what it had sent).
+fn closed(tcp: &mut VirtualTcp<'_>) -> bool {
+    let mut b = [0u8; 64];
+    matches!(embedded_io::Read::read(tcp, &mut b), Ok(0) | Err(_))
+}
+
+fn raw_send(tcp: &mut VirtualTcp<'_>, bytes: &[u8]) {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let k = embedded_io::Write::write(tcp, rest).expect("write");
+        rest = &rest[k..];
+    }
+}
+
+#[test]
+fn authenticated_session_end_to_end() {
+    let mut n = keyed_net(256 * 1024);
+    {
+        let mut c = connect_keyed(&mut n);
+        assert!(c.is_sealed());
+        assert!(c.caps.contains(Caps::AUTH_PSK.union(Caps::SEAL)));
+        assert_eq!(c.ping(5).unwrap(), 5);
+        assert_eq!(c.echo("sealed").unwrap(), "SEALED");
+        let out = c.exec(&["led", "on"]).unwrap();
+        assert_eq!(out.status, ExitStatus::Code(0));
+        let file = data(64 * 1024, 9);
+        let digest: [u8; 32] = Sha256::digest(&file).into();
+        assert_eq!(c.put("sealed.bin", &file, false).unwrap(), digest);
+        assert!(
+            c.get("sealed.bin").unwrap() == file,
+            "64 KiB came back different"
+        );
+        assert_eq!(c.list("").unwrap().len(), 1);
+        let out = c.exec(&["sha256", "sealed.bin"]).unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with(&hex(&digest)));
+        // Exact one-chunk and empty files.
+        let one = data(1024, 10);
+        c.put("one.bin", &one, false).unwrap();
+        assert_eq!(c.get("one.bin").unwrap(), one);
+        c.put("empty", b"", false).unwrap();
+        assert_eq!(c.get("empty").unwrap(), b"");
+    }
+    let s = n.device.dev.stats();
+    assert_eq!(
+        (
+            s.auth_failures,
+            s.integrity_failures,
+            s.errors_sent,
+            s.files_stored
+        ),
+        (0, 0, 0, 3)
+    );
+    assert_eq!(n.device.led_log, [true]);
+}
+
+#[test]
+fn wrong_or_missing_keys_are_refused_and_failures_back_off() {
+    let mut n = keyed_net(64 * 1024);
+    // No key.
+    let tcp = n.connect().unwrap();
+    let (code, m) = remote_code(Client::connect(tcp));
+    assert_eq!(code, ErrorCode::AUTH_REQUIRED);
+    assert!(m.contains("pre-shared key"), "{m}");
+    // A keyed client refuses an unkeyed device (no downgrade).
+    let mut open = net(0, 0, 64 * 1024);
+    let tcp = open.connect().unwrap();
+    assert!(matches!(
+        Client::connect_with_key(tcp, Some(KEY)),
+        Err(ClientError::Handshake(_))
+    ));
+    // Wrong key.
+    let tcp = n.connect().unwrap();
+    let (code, m) = remote_code(Client::connect_with_key(tcp, Some([0x55; 32])));
+    assert_eq!(code, ErrorCode::AUTH_FAILED);
+    assert!(m.contains("next attempt in 1000 ms"), "{m}");
+    // The same address is held back for a second, even with the right key...
+    let tcp = n.connect().unwrap();
+    let (code, m) = remote_code(Client::connect_with_key(tcp, Some(KEY)));
+    assert_eq!(code, ErrorCode::BUSY);
+    assert!(m.contains("192.168.69.100"), "{m}");
+    // ...then served.
+    n.advance(Duration::from_secs(1));
+    let mut c = connect_keyed(&mut n);
+    assert_eq!(c.ping(1).unwrap(), 1);
+    drop(c);
+    let s = n.device.dev.stats();
+    assert_eq!((s.auth_failures, s.backoff_refusals), (1, 1));
+}
+
+#[test]
+fn nothing_before_auth_and_silent_clients_time_out() {
+    let mut n = keyed_net(64 * 1024);
+    {
+        // Hello, then a request instead of Auth: AUTH_REQUIRED with its id,
+        // closed, and the command did not run.
+        let mut tcp = n.connect().unwrap();
+        let hs = ClientHandshake::new(Some(KEY), [7; 16], 4096, 4096, Caps::empty(), "raw");
+        raw_send(
+            &mut tcp,
+            &frame(Header::new(0, Message::Hello(hs.hello().clone())), &[]),
+        );
+        let ack = raw_frame(&mut tcp).unwrap();
+        assert!(matches!(
+            Header::parse(&ack).unwrap().message,
+            Message::HelloAck(_)
+        ));
+        let mut b = [0u8; 16];
+        let argv = tether_proto::Argv::join(&["led", "on"], &mut b).unwrap();
+        let exec = Message::Exec(tether_proto::Exec {
+            command: tether_proto::Command::Argv(argv),
+            timeout_ms: None,
+        });
+        raw_send(&mut tcp, &frame(Header::new(3, exec), &[]));
+        let (id, code, _) = raw_error(&mut tcp);
+        assert_eq!((id, code), (3, ErrorCode::AUTH_REQUIRED));
+        assert!(closed(&mut tcp));
+    }
+    assert!(n.device.led_log.is_empty(), "a command ran before Auth");
+    {
+        // A client that says nothing is closed at the handshake deadline.
+        let mut tcp = n.connect().unwrap();
+        let t0 = tcp.net().now();
+        let (id, code, m) = raw_error(&mut tcp);
+        assert_eq!((id, code), (0, ErrorCode::TIMEOUT), "{m}");
+        assert!(tcp.net().now() - t0 >= Duration::from_secs(10));
+        assert!(closed(&mut tcp));
+    }
+    {
+        // One that stops half-way through Hello, the same.
+        let mut tcp = n.connect().unwrap();
+        let hs = ClientHandshake::new(Some(KEY), [8; 16], 4096, 4096, Caps::empty(), "slow");
+        let hello = frame(Header::new(0, Message::Hello(hs.hello().clone())), &[]);
+        raw_send(&mut tcp, &hello[..20]);
+        assert_eq!(raw_error(&mut tcp).1, ErrorCode::TIMEOUT);
+        assert!(closed(&mut tcp));
+    }
+    // Well-behaved clients are still served.
+    let mut c = connect_keyed(&mut n);
+    assert_eq!(c.ping(2).unwrap(), 2);
+    drop(c);
+    assert_eq!(n.device.dev.stats().timeouts, 2);
+}
+
+/// An upload of `file` to `name` whose frames pass through `tamper`
+/// (index, frame bytes) before being sent; returns the client.
+fn sealed_put_frames(
+    c: &mut Client<VirtualTcp<'_>>,
+    name: &str,
+    file: &[u8],
+) -> (u32, Vec<Vec<u8>>) {
+    let id = c.id();
+    let put = Message::Put {
+        path: name,
+        size: file.len() as u64,
+        force: true,
+        resume: false,
+    };
+    c.send(&Header::new(id, put), &[]).unwrap();
+    assert!(matches!(
+        c.expect(id).unwrap().parse().unwrap().message,
+        Message::PutReady { .. }
+    ));
+    let mut frames = Vec::new();
+    for chunk in file.chunks(c.max_chunk as usize) {
+        frames.push(
+            c.seal_frame(&Header::new(id, Message::Data), chunk)
+                .unwrap(),
+        );
+    }
+    let digest: [u8; 32] = Sha256::digest(file).into();
+    let done = Message::Done {
+        bytes: file.len() as u64,
+        sha256: Some(digest),
+    };
+    frames.push(c.seal_frame(&Header::new(id, done), &[]).unwrap());
+    (id, frames)
+}
+
+fn integrity_error(c: &mut Client<VirtualTcp<'_>>) {
+    assert_eq!(error_frame(c), (0, ErrorCode::INTEGRITY));
+    assert!(c.recv().is_err(), "the connection stayed open");
+}
+
+#[test]
+fn tampered_sealed_frames_end_the_session_without_effect() {
+    let mut n = keyed_net(256 * 1024);
+    let file = data(5000, 11);
+    {
+        // Replay: the first copy is served, the second refused.
+        let mut c = connect_keyed(&mut n);
+        let ping = c
+            .seal_frame(&Header::new(1, Message::Ping { stamp: 1 }), &[])
+            .unwrap();
+        c.send_raw(&ping).unwrap();
+        c.send_raw(&ping).unwrap();
+        assert!(matches!(
+            c.recv().unwrap().parse().unwrap().message,
+            Message::Pong { stamp: 1 }
+        ));
+        integrity_error(&mut c);
+    }
+    {
+        // Reordered: the later frame first is refused; the command never runs.
+        let mut c = connect_keyed(&mut n);
+        let mut b = [0u8; 16];
+        let argv = tether_proto::Argv::join(&["led", "on"], &mut b).unwrap();
+        let exec = Message::Exec(tether_proto::Exec {
+            command: tether_proto::Command::Argv(argv),
+            timeout_ms: None,
+        });
+        let first = c.seal_frame(&Header::new(1, exec), &[]).unwrap();
+        let second = c
+            .seal_frame(&Header::new(2, Message::Ping { stamp: 2 }), &[])
+            .unwrap();
+        c.send_raw(&second).unwrap();
+        c.send_raw(&first).unwrap();
+        integrity_error(&mut c);
+    }
+    assert!(n.device.led_log.is_empty(), "a reordered command ran");
+    {
+        // One flipped body bit in upload data: not committed.
+        let mut c = connect_keyed(&mut n);
+        let (_, mut frames) = sealed_put_frames(&mut c, "flip.bin", &file);
+        frames[2][40] ^= 0x01;
+        for f in &frames {
+            c.send_raw(f).unwrap();
+        }
+        integrity_error(&mut c);
+    }
+    {
+        // The good data and digest, but Done's tag altered: not committed.
+        let mut c = connect_keyed(&mut n);
+        let (_, mut frames) = sealed_put_frames(&mut c, "done.bin", &file);
+        let last = frames.last_mut().unwrap();
+        let k = last.len() - 3;
+        last[k] ^= 0x80;
+        for f in &frames {
+            c.send_raw(f).unwrap();
+        }
+        integrity_error(&mut c);
+    }
+    {
+        // A Data frame dropped (the rest spliced together): refused.
+        let mut c = connect_keyed(&mut n);
+        let (_, mut frames) = sealed_put_frames(&mut c, "drop.bin", &file);
+        frames.remove(1);
+        for f in &frames {
+            c.send_raw(f).unwrap();
+        }
+        integrity_error(&mut c);
+    }
+    {
+        // An unsealed frame after Auth: refused.
+        let mut c = connect_keyed(&mut n);
+        c.send_raw(&frame(Header::new(1, Message::Ping { stamp: 1 }), &[]))
+            .unwrap();
+        integrity_error(&mut c);
+    }
+    {
+        // The connection cut in the middle of the last frame: not committed.
+        let mut c = connect_keyed(&mut n);
+        let (_, frames) = sealed_put_frames(&mut c, "cut.bin", &file);
+        let (last, rest) = frames.split_last().unwrap();
+        for f in rest {
+            c.send_raw(f).unwrap();
+        }
+        c.send_raw(&last[..last.len() - 5]).unwrap();
+    }
+    // Nothing was committed, no upload is left pending, and a well-behaved
+    // client is served.
+    let mut c = connect_keyed(&mut n);
+    for name in ["flip.bin", "done.bin", "drop.bin", "cut.bin"] {
+        assert_eq!(remote_code(c.stat(name)).0, ErrorCode::NOT_FOUND, "{name}");
+    }
+    let mem = String::from_utf8(c.exec(&["mem"]).unwrap().stdout).unwrap();
+    assert!(mem.contains("0 of 32 files, 0 upload(s)"), "{mem}");
+    c.put("good.bin", &file, false).unwrap();
+    assert_eq!(c.get("good.bin").unwrap(), file);
+    drop(c);
+    assert_eq!(n.device.dev.stats().integrity_failures, 6);
 }
