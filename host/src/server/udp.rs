@@ -1,5 +1,11 @@
 //! The datagram services (ping, echo, time) on UDP: one whole frame with an
 //! empty body per datagram, each way.
+//!
+//! They are not authenticated (a datagram carries no session), so they may
+//! not be an amplifier for spoofed traffic: a reply is never longer than
+//! the datagram it answers plus [`UDP_SLACK`] bytes (Echo and Ping replies
+//! are exactly as long as the request; a Time reply whose text would break
+//! the bound is replaced by `TOO_LARGE`, and error texts are clipped).
 
 use std::sync::Arc;
 
@@ -12,15 +18,23 @@ use tracing::{debug, info};
 use crate::conn::clip;
 use crate::timefmt;
 
+/// A reply datagram is at most this many bytes longer than its request.
+pub const UDP_SLACK: usize = 96;
+
+/// Bytes of an Error frame besides its text: prefix, request id (5 at
+/// most), kind, code (3 at most) and the text's length (2 for up to 16 KiB).
+const ERROR_OVERHEAD: usize = tether_proto::wire::PREFIX_LEN + 5 + 1 + 3 + 2;
+
 /// Answer one datagram into `out`; `None` means stay silent.
 pub fn answer<'o>(dgram: &[u8], out: &'o mut [u8]) -> (Option<&'o [u8]>, String) {
     let mut hbuf = [0u8; MAX_DATAGRAM];
+    let budget = (dgram.len() + UDP_SLACK).min(MAX_DATAGRAM);
     let reply_err = |out: &'o mut [u8], id: u32, code: ErrorCode, msg: &str| {
         let h = Header::new(
             id,
             Message::Error {
                 code,
-                message: clip(msg, 400),
+                message: clip(msg, (budget - ERROR_OVERHEAD).min(400)),
             },
         );
         encode_frame(&h, &[], out).ok()
@@ -101,10 +115,17 @@ pub fn answer<'o>(dgram: &[u8], out: &'o mut [u8]) -> (Option<&'o [u8]>, String)
     let h = Header::new(id, reply);
     let mut big = [0u8; 4 * MAX_DATAGRAM];
     match encode_frame(&h, &[], &mut big) {
-        Ok(f) if f.len() <= MAX_DATAGRAM => {
+        Ok(f) if f.len() <= budget => {
             let n = f.len();
             out[..n].copy_from_slice(f);
             (Some(&out[..n]), format!("{what} -> ok"))
+        }
+        Ok(f) if f.len() <= MAX_DATAGRAM => {
+            let msg = format!(
+                "the reply datagram would be {} bytes, more than the request plus {UDP_SLACK} (no amplification); shorten the format",
+                f.len()
+            );
+            (reply_err(out, id, ErrorCode::TOO_LARGE, &msg), msg)
         }
         _ => {
             let msg = format!(
@@ -142,5 +163,74 @@ pub async fn serve(sock: Arc<UdpSocket>, mut shutdown: watch::Receiver<bool>) {
                 debug!("udp send to {peer} failed: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(msg: Message<'_>) -> Vec<u8> {
+        let mut b = vec![0u8; MAX_DATAGRAM];
+        let n = encode_frame(&Header::new(u32::MAX, msg), &[], &mut b)
+            .unwrap()
+            .len();
+        b.truncate(n);
+        b
+    }
+
+    #[test]
+    fn replies_never_exceed_the_request_plus_the_slack() {
+        let mut cases: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0x54],
+            b"TH".to_vec(),
+            vec![0xff; 17],
+            vec![0u8; 18],
+            vec![0u8; MAX_DATAGRAM + 1],
+            request(Message::Ping { stamp: u64::MAX }),
+            request(Message::Echo { text: "" }),
+            request(Message::Echo {
+                text: &"é".repeat(600),
+            }),
+            request(Message::Time { format: "" }),
+            request(Message::Stat { path: "x" }),
+        ];
+        for f in [
+            "%c",
+            "%c%c",
+            "%A %B",
+            "%Y-%m-%d %H:%M:%S",
+            "%%",
+            "%Q",
+            "%s%s%s%s",
+        ] {
+            cases.push(request(Message::Time { format: f }));
+        }
+        let long = "%c".repeat(300);
+        cases.push(request(Message::Time { format: &long }));
+        let mut out = vec![0u8; MAX_DATAGRAM];
+        for d in &cases {
+            let (reply, what) = answer(d, &mut out);
+            let n = reply.map_or(0, |r| r.len());
+            assert!(n > 0, "every datagram is answered: {what}");
+            assert!(
+                n <= (d.len() + UDP_SLACK).min(MAX_DATAGRAM),
+                "{} bytes in, {n} out: {what}",
+                d.len()
+            );
+        }
+        // "%c" is 2 bytes of format and 24 of text: fine once, refused when
+        // repeated past the slack.
+        let (reply, what) = answer(&request(Message::Time { format: "%c" }), &mut out);
+        assert!(what.ends_with("ok"), "{what}");
+        assert!(reply.is_some());
+        let (_, what) = answer(
+            &request(Message::Time {
+                format: &"%c".repeat(8),
+            }),
+            &mut out,
+        );
+        assert!(what.contains("no amplification"), "{what}");
     }
 }
