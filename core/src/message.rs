@@ -673,6 +673,10 @@ impl core::error::Error for EncodeError {}
 fn read_varint_u32(bytes: &[u8]) -> Option<(u32, &[u8])> {
     let mut v: u32 = 0;
     for (i, b) in bytes.iter().enumerate().take(5) {
+        if i == 4 && b & 0x70 != 0 {
+            // Bits past 32: not a u32 (and no id to answer with).
+            return None;
+        }
         v |= u32::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
             return Some((v, &bytes[i + 1..]));
@@ -772,6 +776,15 @@ mod test {
         let e = Header::parse(&[0x9a, 0x00, 0x04, 0x0c]).unwrap_err();
         assert_eq!(e.kind, HeaderErrorKind::NonCanonical);
         assert!(Header::parse(&[0x1a, 0x04, 0x0c]).is_ok());
+    }
+
+    #[test]
+    fn request_id_past_u32_has_no_id_to_answer_with() {
+        // Five bytes whose last carries bits 32..35: not a u32.
+        let e = Header::parse(&[0xff, 0xff, 0xff, 0xff, 0x7f, 0x04, 0x01]).unwrap_err();
+        assert_eq!(e.request_id, None);
+        let h = Header::parse(&[0xff, 0xff, 0xff, 0xff, 0x0f, 0x04, 0x01]).unwrap();
+        assert_eq!(h.request_id, u32::MAX);
     }
 
     #[test]
