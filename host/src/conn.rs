@@ -760,6 +760,11 @@ impl Writer {
         r
     }
 
+    /// Send nothing more: later sends fail (the connection is ending).
+    pub async fn stop(&self) {
+        self.inner.lock().await.failed = true;
+    }
+
     /// Send an Error frame (message clipped to fit).
     pub async fn send_error(&self, id: u32, code: ErrorCode, message: &str) -> io::Result<()> {
         self.send(

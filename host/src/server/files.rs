@@ -74,6 +74,9 @@ impl RelPath {
     }
 }
 
+/// Longest path accepted, in bytes (the usual PATH_MAX less its NUL).
+pub const MAX_PATH: usize = 4095;
+
 fn refused(msg: String) -> ReqError {
     ReqError::new(ErrorCode::PATH_REFUSED, msg)
 }
@@ -81,6 +84,12 @@ fn refused(msg: String) -> ReqError {
 /// Check a requested path. `file` demands a path that names something below
 /// the root (not the root itself).
 pub fn check_path(p: &str, file: bool) -> Result<RelPath, ReqError> {
+    if p.len() > MAX_PATH {
+        return Err(refused(format!(
+            "path of {} bytes refused: it is too long (the limit is {MAX_PATH} bytes)",
+            p.len()
+        )));
+    }
     if p.chars().any(|c| c.is_control()) {
         return Err(refused(format!(
             "path {p:?} refused: it contains control characters"

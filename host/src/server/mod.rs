@@ -343,6 +343,9 @@ async fn connection(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, sd: watc
         ended: VecDeque::new(),
     };
     let why = conn.run(&mut reader, sd).await;
+    // The connection is over (the peer left, or its last Error is out):
+    // requests still running end without another frame.
+    conn.writer.stop().await;
     for r in conn.reqs.values() {
         let _ = r.cancel.send(true);
     }
