@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 pub use tempfile::TempDir;
 
+pub mod hostile;
+pub mod peer;
+
 /// The `tether` binary, built (once per test process) from this workspace
 /// with the same profile as the tests, so a test never drives a stale build.
 /// `TETHER_BIN` overrides it.
@@ -53,7 +56,10 @@ pub fn tether_bin() -> PathBuf {
 /// A `tether` command with a clean environment for logs.
 pub fn tether() -> Command {
     let mut c = Command::new(tether_bin());
-    c.env_remove("RUST_LOG").env_remove("TETHER_RETRIES");
+    c.env_remove("RUST_LOG")
+        .env_remove("TETHER_RETRIES")
+        .env_remove("TETHER_KEY_FILE")
+        .env_remove("TETHER_KEY");
     c.stdin(Stdio::null());
     c
 }
