@@ -29,7 +29,9 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv4Cidr};
 use tether_proto::device::commands::{Cmd, Ctx, Output, Table};
-use tether_proto::device::{Config, Device, Event, OffsetClock, Peer, RamStore, Session};
+use tether_proto::device::{
+    Config, Device, Event, OffsetClock, Peer, RamStore, Session, CLOSE_GRACE_MS,
+};
 use tether_proto::handshake::KEY_LEN;
 use tether_proto::{DEFAULT_PORT, MAX_DATAGRAM};
 
@@ -137,7 +139,8 @@ pub struct SimConfig {
     pub max_chunk: u32,
     /// Unix milliseconds at time 0 (the device's wall clock).
     pub unix_ms_at_zero: u64,
-    /// Seed for the handshake nonces and TCP sequence numbers.
+    /// Seed for TCP sequence numbers (handshake nonces are always drawn
+    /// from the OS-seeded CSPRNG).
     pub seed: u64,
     /// The pre-shared key: with one, every connection must authenticate
     /// and every frame after that is sealed.
@@ -268,6 +271,10 @@ pub static SIM_COMMANDS: [Cmd<()>; 2] = [
 struct Conn {
     handle: SocketHandle,
     session: Session<Box<[u8]>>,
+    /// When the socket is reset if it is still half-open (SYN received,
+    /// never established) or still closing (the peer never finishes the
+    /// close): no peer holds a connection slot past a deadline.
+    socket_deadline: Option<u64>,
 }
 
 /// What [`SimDevice::poll`] reports besides progress.
@@ -289,7 +296,6 @@ pub struct SimDevice {
     udp: SocketHandle,
     udp_out: Box<[u8]>,
     config: SimConfig,
-    rng: u64,
     reboot_pending: bool,
     /// LED transitions seen (for tests and the log).
     pub led_log: Vec<bool>,
@@ -339,7 +345,11 @@ impl SimDevice {
                 buf(config.tx_buf),
                 buf(config.output_buf),
             );
-            conns.push(Conn { handle, session });
+            conns.push(Conn {
+                handle,
+                session,
+                socket_deadline: None,
+            });
         }
         let udp_buf = || {
             udp::PacketBuffer::new(
@@ -380,7 +390,6 @@ impl SimDevice {
             conns,
             udp,
             udp_out: vec![0u8; MAX_DATAGRAM].into_boxed_slice(),
-            rng: config.seed | 1,
             config,
             reboot_pending: false,
             led_log: Vec::new(),
@@ -393,16 +402,22 @@ impl SimDevice {
         &self.config
     }
 
+    /// TCP connection slots in use (neither listening nor closed).
+    pub fn slots_in_use(&self) -> usize {
+        self.conns
+            .iter()
+            .filter(|c| {
+                let s = self.sockets.get::<tcp::Socket<'_>>(c.handle).state();
+                !matches!(s, tcp::State::Listen | tcp::State::Closed)
+            })
+            .count()
+    }
+
+    /// A handshake nonce: from the OS-seeded CSPRNG, never from `seed`. A
+    /// predictable or repeated server nonce would let a recorded session's
+    /// Auth be replayed (a firmware takes its nonces from a TRNG).
     fn nonce(&mut self) -> [u8; 16] {
-        let mut n = [0u8; 16];
-        for c in n.chunks_mut(8) {
-            // xorshift64*
-            self.rng ^= self.rng >> 12;
-            self.rng ^= self.rng << 25;
-            self.rng ^= self.rng >> 27;
-            c.copy_from_slice(&self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
-        n
+        rand::random()
     }
 
     fn log(&self, args: std::fmt::Arguments<'_>) {
@@ -442,7 +457,8 @@ impl SimDevice {
         let session = self
             .conns
             .iter()
-            .filter_map(|c| c.session.poll_timeout())
+            .flat_map(|c| [c.session.poll_timeout(), c.socket_deadline])
+            .flatten()
             .min()
             .map(|at| Duration::from_millis(at.saturating_sub(now_ms)));
         match (net, session) {
@@ -492,11 +508,30 @@ impl SimDevice {
                         self.conns[i].session.handle_close(&mut self.dev);
                         self.log(format_args!("connection {i} reset"));
                     }
+                    self.conns[i].socket_deadline = None;
                     let _ = self.sockets.get_mut::<tcp::Socket<'_>>(handle).listen(port);
                     continue;
                 }
-                S::Listen | S::SynSent | S::SynReceived => continue,
+                S::Listen => {
+                    self.conns[i].socket_deadline = None;
+                    continue;
+                }
+                S::SynSent | S::SynReceived => {
+                    // A handshake that never completes (a SYN flood) frees
+                    // the slot at the handshake deadline.
+                    let limit = u64::from(self.config.handshake_timeout_ms);
+                    if limit > 0 {
+                        let due = *self.conns[i].socket_deadline.get_or_insert(now_ms + limit);
+                        if now_ms >= due {
+                            self.sockets.get_mut::<tcp::Socket<'_>>(handle).abort();
+                            self.log(format_args!("connection {i}: TCP handshake timed out"));
+                            worked = true;
+                        }
+                    }
+                    continue;
+                }
                 S::Established | S::CloseWait if !session_open && !self.reboot_pending => {
+                    self.conns[i].socket_deadline = None;
                     let nonce = self.nonce();
                     let remote = self
                         .sockets
@@ -515,10 +550,20 @@ impl SimDevice {
                     worked = true;
                 }
                 S::Established | S::CloseWait => {}
-                // Closing from our side: nothing more to serve.
+                // Closing: nothing more to serve; a peer that never
+                // finishes the close (reads nothing, sends no FIN) is reset
+                // after the close grace.
                 _ => {
                     if session_open {
                         self.conns[i].session.handle_close(&mut self.dev);
+                    }
+                    let due = *self.conns[i]
+                        .socket_deadline
+                        .get_or_insert(now_ms + CLOSE_GRACE_MS);
+                    if now_ms >= due {
+                        self.sockets.get_mut::<tcp::Socket<'_>>(handle).abort();
+                        self.log(format_args!("connection {i}: close not completed, reset"));
+                        worked = true;
                     }
                     continue;
                 }

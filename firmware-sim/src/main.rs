@@ -75,7 +75,7 @@ struct Args {
     /// Write a packet capture of the device's traffic.
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
-    /// Seed for the fault injector and nonces (default: random; the virtual demo: 1).
+    /// Seed for the fault injector and TCP (default: random; the virtual demo: 1).
     #[arg(long)]
     seed: Option<u64>,
     /// Print nothing but errors.
@@ -104,9 +104,9 @@ fn load_key(a: &Args) -> anyhow::Result<Option<Key>> {
             bail!("both a key file (--key-file or TETHER_KEY_FILE) and TETHER_KEY are set: use one")
         }
         (Some(path), None) => {
+            refuse_if_readable_by_others(path)?;
             let text = std::fs::read(path)
                 .with_context(|| format!("cannot read key file {}", path.display()))?;
-            warn_if_readable_by_others(path);
             let key = Key::parse(&text).with_context(|| format!("key file {}", path.display()))?;
             Ok(Some(key))
         }
@@ -118,18 +118,21 @@ fn load_key(a: &Args) -> anyhow::Result<Option<Key>> {
     }
 }
 
-fn warn_if_readable_by_others(path: &std::path::Path) {
+/// Like the host: a key file others can read is refused.
+fn refuse_if_readable_by_others(path: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(m) = std::fs::metadata(path) {
-        let mode = m.permissions().mode();
-        if mode & 0o077 != 0 {
-            eprintln!(
-                "[tether-sim] warning: key file {} is accessible to other users (mode {:o}); chmod 600 it",
-                path.display(),
-                mode & 0o777
-            );
-        }
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot read key file {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "key file {} is accessible to other users (mode {:o}): chmod 600 it",
+            path.display(),
+            mode & 0o777
+        );
     }
+    Ok(())
 }
 
 fn auth_line(key: &Option<Key>) -> &'static str {

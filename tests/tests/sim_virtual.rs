@@ -608,6 +608,11 @@ fn nothing_before_auth_and_silent_clients_time_out() {
         assert_eq!((id, code), (0, ErrorCode::TIMEOUT), "{m}");
         assert!(tcp.net().now() - t0 >= Duration::from_secs(10));
         assert!(closed(&mut tcp));
+        // This client never closes its side: the device does not keep the
+        // slot waiting for it past the close grace.
+        assert_eq!(tcp.net().device.slots_in_use(), 1);
+        tcp.net().advance(Duration::from_secs(3));
+        assert_eq!(tcp.net().device.slots_in_use(), 0);
     }
     {
         // One that stops half-way through Hello, the same.
