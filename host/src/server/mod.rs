@@ -465,6 +465,13 @@ async fn handshake(
             }
             Err(HandshakeError::BadProof) => {
                 let period = ctx.backoff.failed(ip, Instant::now());
+                warn!(
+                    "{ip}: authentication failed (wrong key){}",
+                    period.map_or(String::new(), |p| format!(
+                        "; refusing it for {} s",
+                        p.as_secs()
+                    ))
+                );
                 let mut msg =
                     "authentication failed: the client's key differs from the server's".to_string();
                 if let Some(p) = period {
@@ -587,6 +594,7 @@ impl Conn {
                 }
                 Err(e @ ReadError::Integrity(_)) => {
                     let msg = format!("{e}; closing the connection");
+                    warn!(peer = %self.peer, "{msg}");
                     let _ = self.writer.send_error(0, ErrorCode::INTEGRITY, &msg).await;
                     return msg;
                 }
@@ -713,6 +721,7 @@ impl Conn {
                     Ok(n) => n,
                     Err(e @ ReadError::Integrity(_)) => {
                         let msg = format!("{e}; closing the connection");
+                        warn!(%peer, "{msg}");
                         let _ = self.writer.send_error(0, ErrorCode::INTEGRITY, &msg).await;
                         return Err(msg);
                     }
