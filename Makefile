@@ -18,6 +18,8 @@ targets:
 
 fmt:
 	$(CARGO) fmt --all --check
+	$(CARGO) fmt --manifest-path firmware-example/Cargo.toml --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml --check
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -25,8 +27,22 @@ clippy:
 unit:
 	$(CARGO) test --workspace
 
+# The core as a library, and linked into a real Cortex-M4F firmware image.
 thumb: targets
 	$(CARGO) build -p tether-proto --no-default-features --target $(THUMB)
+	cd firmware-example && $(CARGO) build --release
+
+# Flash and RAM of the firmware image that links the device logic.
+LLVM_BIN = $(shell rustc --print sysroot)/lib/rustlib/$(shell rustc -vV | sed -n 's/^host: //p')/bin
+size: targets
+	@rustup component list --installed | grep -q '^llvm-tools' || rustup component add llvm-tools
+	cd firmware-example && $(CARGO) build --release
+	@echo "== firmware-example ($(THUMB), opt-level s, LTO): sections"
+	@$(LLVM_BIN)/llvm-size -A firmware-example/target/$(THUMB)/release/tether-firmware-example | grep -Ev '^(\.(debug|comment|ARM)|Total)'
+	@$(LLVM_BIN)/llvm-size firmware-example/target/$(THUMB)/release/tether-firmware-example
+	@echo "== largest functions"
+	@$(LLVM_BIN)/llvm-nm --size-sort -S --demangle firmware-example/target/$(THUMB)/release/tether-firmware-example | tail -8
+	@echo "== RAM: no .data/.bss; everything is on main's stack: 16 KiB store arena, 512+640+768 B session buffers, 256+256 B rx/tx, 1472 B datagram reply, plus the Session and Device structs (sizes: tether-sim --ram)"
 
 lint: targets fmt clippy
 
