@@ -9,6 +9,9 @@
 # demo over the in-process virtual wire (`tether-sim --virtual-demo`).
 # The namespace and the TAP are removed on exit and on Ctrl-C.
 # Extra tether-sim options (fault injection, --pcap FILE) go in SIM_ARGS.
+# A fresh pre-shared key (`tether keygen`, in the temporary directory) is
+# given to the device and the client through TETHER_KEY_FILE, so the demo
+# runs authenticated and sealed; SIM_KEY=0 runs it without a key.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,12 +41,6 @@ fi
 say "building tether-sim and tether (release)"
 "$CARGO" build --release --quiet -p tether-sim -p tether-host
 
-if [ -n "$why_not" ]; then
-    say "no TAP demo: $why_not"
-    say "running the same demo over the in-process virtual wire instead"
-    exec "$SIM" --virtual-demo "${SIM_EXTRA[@]}"
-fi
-
 SIM_PID=""
 TMP=$(mktemp -d)
 cleanup() {
@@ -67,6 +64,26 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'echo; say "interrupted"; exit 130' INT TERM
+
+unset TETHER_KEY
+if [ "${SIM_KEY:-1}" != 0 ]; then
+    if ! "$TETHER" keygen "$TMP/sim.key" >/dev/null 2>"$TMP/err"; then
+        cat "$TMP/err" >&2
+        exit 1
+    fi
+    export TETHER_KEY_FILE="$TMP/sim.key"
+    say "pre-shared key: $TETHER_KEY_FILE (tether keygen) for device and client; every frame sealed"
+else
+    unset TETHER_KEY_FILE
+    say "no key (SIM_KEY=0): the device serves anyone who reaches it"
+fi
+
+if [ -n "$why_not" ]; then
+    say "no TAP demo: $why_not"
+    say "running the same demo over the in-process virtual wire instead"
+    "$SIM" --virtual-demo "${SIM_EXTRA[@]}"
+    exit
+fi
 
 say "network namespace $NS: $TAP with host side $HOST_IP/24, device $DEV_IP"
 if ! ip netns add "$NS" 2>"$TMP/err"; then

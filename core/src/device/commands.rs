@@ -312,7 +312,7 @@ fn stats(_: &mut (), ctx: &mut Ctx<'_>, _: &[&str], out: &mut Output<'_>) -> i32
     let s = ctx.stats;
     let _ = writeln!(
         out,
-        "frames: {} in, {} out\nbytes: {} in, {} out\nerrors: {} sent, {} bad frames received\nconnections: {}\ndatagrams: {}\nfiles: {} stored, {} sent",
+        "frames: {} in, {} out\nbytes: {} in, {} out\nerrors: {} sent, {} bad frames received\nconnections: {}\ndatagrams: {}\nfiles: {} stored, {} sent\nsecurity: {} failed auth, {} refused (back-off), {} integrity failures, {} timeouts",
         s.frames_in,
         s.frames_out,
         s.bytes_in,
@@ -322,7 +322,11 @@ fn stats(_: &mut (), ctx: &mut Ctx<'_>, _: &[&str], out: &mut Output<'_>) -> i32
         s.connections,
         s.datagrams,
         s.files_stored,
-        s.files_sent
+        s.files_sent,
+        s.auth_failures,
+        s.backoff_refusals,
+        s.integrity_failures,
+        s.timeouts
     );
     0
 }

@@ -1209,6 +1209,13 @@ fn wrong_key_fails_and_the_peer_backs_off() {
     );
     let st = t.dev.stats();
     assert_eq!((st.auth_failures, st.backoff_refusals), (2, 1));
+    let (o, _, _) = t.exec(2, &["stats"]);
+    assert!(
+        o.contains(
+            "security: 2 failed auth, 1 refused (back-off), 0 integrity failures, 0 timeouts"
+        ),
+        "{o}"
+    );
 }
 
 #[test]
