@@ -5,7 +5,9 @@
 //! not be an amplifier for spoofed traffic: a reply is never longer than
 //! the datagram it answers plus [`UDP_SLACK`] bytes (Echo and Ping replies
 //! are exactly as long as the request; a Time reply whose text would break
-//! the bound is replaced by `TOO_LARGE`, and error texts are clipped).
+//! the bound is replaced by `TOO_LARGE`, and error texts are clipped), and
+//! a reply (Pong, EchoReply, TimeReply, Error) is never answered, so two
+//! servers cannot be made to bounce datagrams between them.
 
 use std::sync::Arc;
 
@@ -80,6 +82,23 @@ pub fn answer<'o>(dgram: &[u8], out: &'o mut [u8]) -> (Option<&'o [u8]>, String)
         }
     };
     let id = h.request_id;
+    if matches!(
+        h.message,
+        Message::Pong { .. }
+            | Message::EchoReply { .. }
+            | Message::TimeReply { .. }
+            | Message::Error { .. }
+    ) {
+        // Never answer a reply: two servers (or a spoofed source) cannot
+        // be made to bounce datagrams between them.
+        return (
+            None,
+            format!(
+                "{:?} ignored (replies are never answered)",
+                h.message.kind()
+            ),
+        );
+    }
     let time;
     let upper;
     let (reply, what) = match h.message {
@@ -219,6 +238,22 @@ mod tests {
                 "{} bytes in, {n} out: {what}",
                 d.len()
             );
+        }
+        // Replies are never answered (no loops between two servers).
+        for m in [
+            Message::Pong { stamp: 1 },
+            Message::EchoReply { text: "x" },
+            Message::TimeReply {
+                unix_ms: 1,
+                text: "x",
+            },
+            Message::Error {
+                code: ErrorCode::BAD_FRAME,
+                message: "x",
+            },
+        ] {
+            let (reply, what) = answer(&request(m), &mut out);
+            assert!(reply.is_none(), "{what}");
         }
         // "%c" is 2 bytes of format and 24 of text: fine once, refused when
         // repeated past the slack.
