@@ -513,3 +513,57 @@ fn tampering_on_the_path_is_detected_both_ways() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_eq!(sha256sum(&local), sha256sum(&s.root.join("down.bin")));
 }
+
+/// A fake server: answers Hello with a HelloAck demanding authentication,
+/// and Auth with an AuthOk whose proof is made up (it has no key).
+fn impostor() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut p = Peer::new(s);
+        let hello = p.recv().unwrap();
+        assert!(matches!(hello.message(), Message::Hello(_)));
+        let ack = tether_proto::HelloAck {
+            version: 1,
+            max_header: 8192,
+            max_chunk: 65536,
+            caps: tether_proto::Caps::AUTH_PSK.union(tether_proto::Caps::SEAL),
+            nonce: [9; 16],
+            agent: "impostor",
+        };
+        p.request(0, Message::HelloAck(ack), &[]).unwrap();
+        let auth = p.recv().unwrap();
+        assert!(matches!(auth.message(), Message::Auth(_)));
+        p.request(
+            0,
+            Message::AuthOk(tether_proto::Proof { mac: [0; 32] }),
+            &[],
+        )
+        .unwrap();
+        // Whatever comes next (nothing should), then close.
+        let _ = p.recv();
+    });
+    port
+}
+
+#[test]
+fn a_server_that_cannot_prove_the_key_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let key = dir.path().join("k");
+    keygen(&key);
+    let port = impostor();
+    let o = run(&[
+        "ls",
+        &format!("127.0.0.1:{port}"),
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = text(&o.stderr);
+    assert!(
+        e.contains("did not prove that it holds the key") && e.contains("key"),
+        "{e}"
+    );
+}
