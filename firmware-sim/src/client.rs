@@ -255,6 +255,21 @@ where
         Ok(f)
     }
 
+    /// [`seal_frame`](Self::seal_frame) for a frame given as its prefix and
+    /// header bytes (SEALED flag set, any header, even one that does not
+    /// parse) and its body: returns head, body and tag.
+    pub fn seal_head(&mut self, head: &[u8], body: &[u8]) -> Result<Vec<u8>> {
+        let Some(keys) = self.keys.as_mut() else {
+            return Err(ClientError::Protocol("not authenticated".into()));
+        };
+        let mut tag = keys.seal.begin(head);
+        tag.update(body);
+        let mut f = head.to_vec();
+        f.extend_from_slice(body);
+        f.extend_from_slice(&tag.finish());
+        Ok(f)
+    }
+
     /// Send raw bytes (hostile tests).
     pub fn send_raw(&mut self, mut bytes: &[u8]) -> Result<()> {
         while !bytes.is_empty() {
