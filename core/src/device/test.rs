@@ -1640,3 +1640,129 @@ fn config_debug_never_shows_the_key() {
         "{s}"
     );
 }
+
+/// Feed `bytes` to a second session `s` on `t.dev` and return what it sent.
+fn other(t: &mut T, s: &mut Session<Vec<u8>>, bytes: &[u8]) -> Frames {
+    let mut rest = bytes;
+    let mut out = Vec::new();
+    loop {
+        let n = s.handle_bytes(&mut t.dev, rest, t.now);
+        rest = &rest[n..];
+        let mut buf = [0u8; 4096];
+        let k = s.poll_transmit(&mut t.dev, &mut buf, t.now);
+        out.extend_from_slice(&buf[..k]);
+        if rest.is_empty() && k == 0 {
+            break;
+        }
+        assert!(n > 0 || k > 0, "stalled");
+    }
+    let mut hb = [0u8; 1024];
+    let mut d = Decoder::new(
+        &mut hb[..],
+        Limits {
+            max_header: 1024,
+            max_body: 1 << 20,
+        },
+    );
+    let mut frames = Vec::new();
+    let mut input = &out[..];
+    let mut cur = None;
+    loop {
+        let (n, r) = d.handle_bytes(input);
+        input = &input[n..];
+        match r.unwrap() {
+            Some(DecEvent::Header(f)) => cur = Some((f.header.to_vec(), Vec::new())),
+            Some(DecEvent::Body(b)) => cur
+                .as_mut()
+                .map(|c: &mut (Vec<u8>, Vec<u8>)| c.1.extend_from_slice(b))
+                .unwrap(),
+            Some(DecEvent::End { .. }) => frames.push(cur.take().unwrap()),
+            None => break,
+        }
+    }
+    frames
+}
+
+#[test]
+fn concurrent_puts_to_one_path() {
+    let (a_data, b_data) = (pattern(3000), vec![0xbb; 2500]);
+    let put = |id, size: usize, force| {
+        enc(
+            Header::new(
+                id,
+                Message::Put {
+                    path: "same",
+                    size: size as u64,
+                    force,
+                    resume: false,
+                },
+            ),
+            &[],
+        )
+    };
+    let data = |id, d: &[u8]| -> Vec<u8> {
+        d.chunks(1000)
+            .flat_map(|c| enc(Header::new(id, Message::Data), c))
+            .collect()
+    };
+    let done = |id, d: &[u8]| {
+        enc(
+            Header::new(
+                id,
+                Message::Done {
+                    bytes: d.len() as u64,
+                    sha256: Some(Sha256::digest(d).into()),
+                },
+            ),
+            &[],
+        )
+    };
+    for force in [true, false] {
+        let mut t = T::open(16 * 1024);
+        let mut b = Session::new(vec![0; 512], vec![0; 640], vec![0; 512]);
+        b.handle_accept(&mut t.dev, Peer::ipv4([10, 0, 0, 2]), [8; 16], 0);
+        assert!(matches!(
+            head(&other(&mut t, &mut b, &hello_frame(1))[0]).message,
+            Message::HelloAck(_)
+        ));
+        // Both announce the same path; their data interleaves; B finishes first.
+        let f = t.request(Header::new(
+            1,
+            Message::Put {
+                path: "same",
+                size: 3000,
+                force,
+                resume: false,
+            },
+        ));
+        assert!(matches!(head(&f[0]).message, Message::PutReady { .. }));
+        let f = other(&mut t, &mut b, &put(1, b_data.len(), force));
+        assert!(matches!(head(&f[0]).message, Message::PutReady { .. }));
+        t.send(&data(1, &a_data[..1000]));
+        assert!(t.recv().is_empty());
+        assert!(other(&mut t, &mut b, &data(1, &b_data)).is_empty());
+        t.send(&data(1, &a_data[1000..]));
+        assert_eq!(t.dev.store.usage().pending, 2);
+        let f = other(&mut t, &mut b, &done(1, &b_data));
+        assert!(matches!(
+            head(&f[0]).message,
+            Message::Done { bytes: 2500, .. }
+        ));
+        t.send(&done(1, &a_data));
+        let f = t.recv();
+        if force {
+            // The last commit wins, whole.
+            assert!(matches!(
+                head(&f[0]).message,
+                Message::Done { bytes: 3000, .. }
+            ));
+            assert_eq!(t.get(2, "same"), a_data);
+        } else {
+            // The first commit wins; the second is refused and discarded.
+            assert_eq!(error_of(&f[0]).1, ErrorCode::EXISTS);
+            assert_eq!(t.get(2, "same"), b_data);
+        }
+        let u = t.dev.store.usage();
+        assert_eq!((u.files, u.pending), (1, 0));
+    }
+}
