@@ -84,7 +84,10 @@ impl HostTarget {
             pattern(tether_proto::HOST_MAX_CHUNK as usize, 1),
         )
         .unwrap();
-        std::fs::write(root.join("big.bin"), pattern(BIG_HOST, 3)).unwrap();
+        if server == Server::Plain {
+            // Only the reused-id case needs it (a Get that stays in flight).
+            std::fs::write(root.join("big.bin"), pattern(BIG_HOST, 3)).unwrap();
+        }
         use std::os::unix::fs::symlink;
         symlink("../outside", root.join("link_out")).unwrap();
         symlink("../outside/canary.txt", root.join("link_file_out")).unwrap();
