@@ -238,6 +238,7 @@ pub async fn serve(
     let (sd_tx, sd_rx) = watch::channel(false);
     let udp = tokio::spawn(udp::serve(Arc::new(bound.udp), sd_rx.clone()));
     let limit = Arc::new(Semaphore::new(ctx.cfg.max_connections));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -253,7 +254,7 @@ pub async fn serve(
                         left.as_secs() + 1
                     );
                     warn!("{peer} refused: backing off after failed authentications ({} s left)", left.as_secs() + 1);
-                    conns.spawn(refuse(stream, ErrorCode::BUSY, msg));
+                    refuse_bounded(&mut conns, &refusing, stream, msg);
                 }
                 Ok((stream, peer)) => match limit.clone().try_acquire_owned() {
                     Ok(permit) => {
@@ -265,11 +266,12 @@ pub async fn serve(
                     }
                     Err(_) => {
                         warn!("{peer} refused: {} connections already", ctx.cfg.max_connections);
-                        conns.spawn(refuse(
+                        refuse_bounded(
+                            &mut conns,
+                            &refusing,
                             stream,
-                            ErrorCode::BUSY,
                             "the server has reached its connection limit; try again later".into(),
-                        ));
+                        );
                     }
                 },
                 Err(e) => {
@@ -300,12 +302,60 @@ pub async fn serve(
     Ok(())
 }
 
-async fn refuse(stream: TcpStream, code: ErrorCode, msg: String) {
-    let (rd, wr) = stream.into_split();
-    let w = Writer::new(wr, Duration::from_secs(5));
-    let _ = w.send_error(0, code, &msg).await;
-    let mut r = Reader::new(rd);
-    close(&w, &mut r).await;
+/// Most refusals (BUSY at connect) being delivered at once; past that a
+/// connection is closed without a word, so a flood of connections cannot
+/// make the server hold ever more of them.
+const MAX_REFUSING: usize = 64;
+
+fn refuse_bounded(
+    conns: &mut JoinSet<()>,
+    refusing: &Arc<Semaphore>,
+    stream: TcpStream,
+    msg: String,
+) {
+    match refusing.clone().try_acquire_owned() {
+        Ok(permit) => {
+            conns.spawn(async move {
+                refuse(stream, ErrorCode::BUSY, &msg).await;
+                drop(permit);
+            });
+        }
+        Err(_) => drop(stream),
+    }
+}
+
+/// Tell a connection why it is refused and close it, with small buffers
+/// and short deadlines (it never gets a reader or writer of its own).
+async fn refuse(mut stream: TcpStream, code: ErrorCode, msg: &str) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = [0u8; 512];
+    let h = tether_proto::Header::new(
+        0,
+        Message::Error {
+            code,
+            message: crate::conn::clip(msg, 400),
+        },
+    );
+    let Ok(frame) = tether_proto::encode_frame(&h, &[], &mut buf) else {
+        return;
+    };
+    let frame = frame.to_vec();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        stream.write_all(&frame).await?;
+        stream.shutdown().await
+    })
+    .await;
+    // Read what the peer still sends for a moment, so the Error is not
+    // lost to a reset.
+    let mut scratch = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(n) = stream.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Close politely: stop sending, then read (and drop) what the peer still
