@@ -203,6 +203,7 @@ pub struct Decoder<B> {
     repr: Option<PrefixRepr>,
     tag: [u8; TAG_LEN],
     hunting: bool,
+    encryption: bool,
     /// The End event of the frame in `repr` was returned and no input was fed since.
     ended: bool,
 }
@@ -222,6 +223,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Decoder<B> {
             repr: None,
             tag: [0; TAG_LEN],
             hunting: false,
+            encryption: false,
             ended: false,
         };
         d.set_limits(limits);
@@ -240,6 +242,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Decoder<B> {
     /// The limits in force.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Accept frames flagged ENCRYPTED (only once ENCRYPT was negotiated and
+    /// the session authenticated); until then they are `UnknownFlags(0x02)`.
+    /// Their headers are ciphertext: decrypt before parsing.
+    pub fn set_encryption(&mut self, on: bool) {
+        self.encryption = on;
     }
 
     /// Whether the decoder is between frames (no partial frame held).
@@ -360,6 +369,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Decoder<B> {
                         Ok(r) => r,
                         Err(e) => return self.fail(used, e.into()),
                     };
+                    if repr.flags.contains(Flags::ENCRYPTED) && !self.encryption {
+                        return self.fail(used, DecodeError::UnknownFlags(Flags::ENCRYPTED.bits()));
+                    }
                     if repr.header_len > self.limits.max_header {
                         let max = self.limits.max_header;
                         return self.fail(

@@ -23,6 +23,8 @@
 //! Call order for a server: [`negotiate`] on Hello, send HelloAck, then
 //! [`Transcript`] + [`client_proof`]/[`server_proof`] on Auth.
 
+use chacha20poly1305::aead::{AeadInOut, KeyInit as AeadKeyInit};
+use chacha20poly1305::ChaCha20Poly1305;
 use hmac::{KeyInit, Mac};
 use sha2::{Digest as _, Sha256};
 
@@ -63,6 +65,8 @@ pub enum HandshakeError {
     NotAuthenticated,
     /// A handshake message arrived out of order.
     OutOfOrder,
+    /// The client requires encryption and the server does not offer it.
+    NoEncryption,
 }
 
 impl HandshakeError {
@@ -76,6 +80,7 @@ impl HandshakeError {
             HandshakeError::BadProof => C::AUTH_FAILED,
             HandshakeError::NotAuthenticated => C::AUTH_REQUIRED,
             HandshakeError::OutOfOrder => C::UNEXPECTED,
+            HandshakeError::NoEncryption => C::AUTH_FAILED,
         }
     }
 }
@@ -99,6 +104,10 @@ impl core::fmt::Display for HandshakeError {
                 "the server does not authenticate, but a key is configured: refusing an unauthenticated session"
             ),
             HandshakeError::OutOfOrder => write!(f, "handshake message out of order"),
+            HandshakeError::NoEncryption => write!(
+                f,
+                "encryption was required but the server does not offer it (a device may not; drop --encrypt to use integrity protection only)"
+            ),
         }
     }
 }
@@ -329,12 +338,114 @@ pub struct SessionKeys {
     pub seal: Sealer,
     /// Checks incoming frames.
     pub open: Opener,
+    /// With ENCRYPT negotiated: encrypts outgoing frames (used instead of `seal`).
+    pub encrypt: Option<FrameCipher>,
+    /// With ENCRYPT negotiated: decrypts incoming frames (used instead of `open`).
+    pub decrypt: Option<FrameCipher>,
 }
 
-fn keys(key: &[u8; KEY_LEN], t: &[u8; 32], send: Direction, recv: Direction) -> SessionKeys {
+impl SessionKeys {
+    /// Whether frames are encrypted (flags SEALED | ENCRYPTED both ways).
+    pub fn encrypted(&self) -> bool {
+        self.encrypt.is_some()
+    }
+}
+
+/// Whole-frame authenticated encryption, one direction (ENCRYPT negotiated).
+///
+/// ChaCha20-Poly1305 (RustCrypto `chacha20poly1305`, RFC 8439) with the
+/// direction's encryption key, nonce = 4 zero bytes ‖ the u64 little-endian
+/// frame sequence number, associated data = the frame's first 14 prefix
+/// bytes (magic, version, flags, lengths), plaintext = header ‖ body. The
+/// 16-byte AEAD tag is the frame's tag; lengths are unchanged (a stream
+/// cipher), and the prefix checksum is computed over the ciphertext header.
+/// A receiver buffers one frame (at most `max_header + max_chunk` bytes),
+/// opens it, and only then parses the header.
+#[derive(Clone)]
+pub struct FrameCipher {
+    aead: ChaCha20Poly1305,
+    seq: u64,
+}
+
+impl core::fmt::Debug for FrameCipher {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FrameCipher")
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FrameCipher {
+    /// A cipher with a direction's encryption key, starting at sequence 0.
+    pub fn new(key: [u8; 32]) -> Self {
+        FrameCipher {
+            aead: ChaCha20Poly1305::new(&key.into()),
+            seq: 0,
+        }
+    }
+
+    fn nonce(&mut self) -> chacha20poly1305::Nonce {
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&self.seq.to_le_bytes());
+        self.seq = self.seq.wrapping_add(1);
+        n.into()
+    }
+
+    /// Encrypt `header_and_body` in place for a frame described by `repr`
+    /// (whose flags must include SEALED | ENCRYPTED); returns the tag.
+    pub fn seal_in_place(
+        &mut self,
+        repr: &crate::wire::PrefixRepr,
+        header_and_body: &mut [u8],
+    ) -> [u8; TAG_LEN] {
+        let nonce = self.nonce();
+        let ad = repr.covered_bytes();
+        // Encryption fails only for messages over 256 GiB; frames are bounded far below.
+        match self
+            .aead
+            .encrypt_inout_detached(&nonce, &ad, header_and_body.into())
+        {
+            Ok(tag) => tag.into(),
+            Err(_) => [0; TAG_LEN],
+        }
+    }
+
+    /// Decrypt `header_and_body` in place; `false` (and the buffer left as
+    /// ciphertext or garbage, never to be used) if the tag does not verify:
+    /// altered, replayed, reordered, spliced or truncated.
+    pub fn open_in_place(
+        &mut self,
+        repr: &crate::wire::PrefixRepr,
+        header_and_body: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> bool {
+        let nonce = self.nonce();
+        let ad = repr.covered_bytes();
+        self.aead
+            .decrypt_inout_detached(&nonce, &ad, header_and_body.into(), &(*tag).into())
+            .is_ok()
+    }
+}
+
+fn keys(
+    key: &[u8; KEY_LEN],
+    t: &[u8; 32],
+    send: Direction,
+    recv: Direction,
+    encrypt: bool,
+) -> SessionKeys {
+    let cipher = |dir| {
+        let label: &[u8] = match dir {
+            Direction::ClientToServer => b"tether-v1 enc c2s",
+            Direction::ServerToClient => b"tether-v1 enc s2c",
+        };
+        FrameCipher::new(hmac(key, &[label, t]))
+    };
     SessionKeys {
         seal: Sealer::new(direction_key(key, t, send)),
         open: Opener::new(direction_key(key, t, recv)),
+        encrypt: encrypt.then(|| cipher(send)),
+        decrypt: encrypt.then(|| cipher(recv)),
     }
 }
 
@@ -351,11 +462,14 @@ pub struct ClientHandshake<'a> {
     hello: Hello<'a>,
     transcript: Transcript,
     t: Option<[u8; 32]>,
+    encrypt: bool,
 }
 
 impl<'a> ClientHandshake<'a> {
     /// Start a handshake. With a key, Hello offers AUTH_PSK and SEAL, and the
-    /// client will refuse a server that does not authenticate.
+    /// client will refuse a server that does not authenticate. With
+    /// `Caps::ENCRYPT` in `caps` (and a key) the client requires encryption
+    /// and refuses a server that does not offer it.
     pub fn new(
         key: Option<[u8; KEY_LEN]>,
         nonce: [u8; 16],
@@ -384,6 +498,7 @@ impl<'a> ClientHandshake<'a> {
             hello,
             transcript,
             t: None,
+            encrypt: false,
         }
     }
 
@@ -411,6 +526,11 @@ impl<'a> ClientHandshake<'a> {
         ));
         let t = tr.finish();
         self.t = Some(t);
+        let wanted = self.hello.caps.contains(Caps::ENCRYPT);
+        if self.key.is_some() && wanted && !ack.caps.contains(Caps::ENCRYPT) {
+            return Err(HandshakeError::NoEncryption);
+        }
+        self.encrypt = ack.caps.contains(Caps::ENCRYPT);
         match (&self.key, ack.caps.contains(Caps::AUTH_PSK)) {
             (Some(k), true) => Ok(Some(Proof {
                 mac: client_proof(k, &t),
@@ -434,6 +554,7 @@ impl<'a> ClientHandshake<'a> {
             t,
             Direction::ClientToServer,
             Direction::ServerToClient,
+            self.encrypt,
         ))
     }
 }
@@ -450,6 +571,7 @@ pub struct ServerHandshake {
     key: Option<[u8; KEY_LEN]>,
     t: Option<[u8; 32]>,
     authed: bool,
+    encrypt: bool,
 }
 
 impl ServerHandshake {
@@ -459,6 +581,7 @@ impl ServerHandshake {
             key,
             t: None,
             authed: false,
+            encrypt: false,
         }
     }
 
@@ -479,6 +602,7 @@ impl ServerHandshake {
             policy.caps = policy.caps.union(Caps::AUTH_PSK).union(Caps::SEAL);
         }
         let ack = negotiate(hello, &policy, nonce, agent)?;
+        self.encrypt = ack.caps.contains(Caps::ENCRYPT);
         let mut tr = Transcript::new();
         tr.add_header(&crate::Header::new(0, crate::Message::Hello(hello.clone())));
         tr.add_header(&crate::Header::new(
@@ -511,7 +635,13 @@ impl ServerHandshake {
         };
         Ok((
             reply,
-            keys(k, t, Direction::ServerToClient, Direction::ClientToServer),
+            keys(
+                k,
+                t,
+                Direction::ServerToClient,
+                Direction::ClientToServer,
+                self.encrypt,
+            ),
         ))
     }
 }
@@ -682,6 +812,138 @@ mod test {
                 HandshakeError::OutOfOrder
             );
         }
+    }
+
+    #[test]
+    fn encryption_is_negotiated_and_round_trips_whole_frames() {
+        use crate::codec::{encode_head, Decoder, Event, Limits};
+        use crate::wire::{Flags, PrefixRepr};
+        use crate::{Header, Message};
+        let key = Some([4u8; 32]);
+        let offer = ServerPolicy {
+            max_header: 512,
+            max_chunk: 1024,
+            caps: Caps::ENCRYPT,
+        };
+        let no_offer = ServerPolicy {
+            caps: Caps::empty(),
+            ..offer
+        };
+        // A server that does not offer it: a client that requires it refuses.
+        let mut c = ClientHandshake::new(key, [1; 16], 512, 1024, Caps::ENCRYPT, "c");
+        let mut s = ServerHandshake::new(key);
+        let ack = s.handle_hello(c.hello(), &no_offer, [2; 16], "s").unwrap();
+        assert_eq!(c.handle_hello_ack(&ack), Err(HandshakeError::NoEncryption));
+        // A client that does not ask: not encrypted even if offered.
+        let mut c = ClientHandshake::new(key, [1; 16], 512, 1024, Caps::empty(), "c");
+        let mut s = ServerHandshake::new(key);
+        let ack = s.handle_hello(c.hello(), &offer, [2; 16], "s").unwrap();
+        let p = c.handle_hello_ack(&ack).unwrap().unwrap();
+        let (ok, sk) = s.handle_auth(&p).unwrap();
+        assert!(!sk.encrypted() && !c.handle_auth_ok(&ok).unwrap().encrypted());
+        // Both: a sealed, encrypted frame through the decoder.
+        let mut c = ClientHandshake::new(key, [1; 16], 512, 1024, Caps::ENCRYPT, "c");
+        let mut s = ServerHandshake::new(key);
+        let ack = s.handle_hello(c.hello(), &offer, [2; 16], "s").unwrap();
+        let p = c.handle_hello_ack(&ack).unwrap().unwrap();
+        let (ok, mut sk) = s.handle_auth(&p).unwrap();
+        let mut ck = c.handle_auth_ok(&ok).unwrap();
+        assert!(ck.encrypted() && sk.encrypted());
+        let h = Header::new(
+            3,
+            Message::Echo {
+                text: "secret text",
+            },
+        );
+        let flags = Flags::SEALED.union(Flags::ENCRYPTED);
+        let mut buf = [0u8; 128];
+        let hl = encode_head(&h, 4, flags, &mut buf).unwrap().len() - 18;
+        let mut plain = [0u8; 64];
+        plain[..hl].copy_from_slice(&buf[18..18 + hl]);
+        plain[hl..hl + 4].copy_from_slice(b"body");
+        let repr = PrefixRepr {
+            version: 1,
+            flags,
+            header_len: hl as u16,
+            body_len: 4,
+        };
+        let tag = ck
+            .encrypt
+            .as_mut()
+            .unwrap()
+            .seal_in_place(&repr, &mut plain[..hl + 4]);
+        assert!(
+            !plain[..hl + 4].windows(6).any(|w| w == b"secret"),
+            "ciphertext hides the text"
+        );
+        let mut wire = [0u8; 128];
+        repr.emit(
+            &mut crate::wire::Prefix::new_unchecked(&mut wire[..18]),
+            &plain[..hl],
+        );
+        wire[18..18 + hl + 4].copy_from_slice(&plain[..hl + 4]);
+        wire[18 + hl + 4..18 + hl + 4 + TAG_LEN].copy_from_slice(&tag);
+        let n = 18 + hl + 4 + TAG_LEN;
+        // Not accepted until encryption is switched on.
+        let mut hb = [0u8; 64];
+        let mut dec = Decoder::new(
+            &mut hb[..],
+            Limits {
+                max_header: 64,
+                max_body: 64,
+            },
+        );
+        assert!(dec.handle_bytes(&wire[..n]).1.is_err());
+        let mut dec = Decoder::new(
+            &mut hb[..],
+            Limits {
+                max_header: 64,
+                max_body: 64,
+            },
+        );
+        dec.set_encryption(true);
+        let mut got = [0u8; 64];
+        let mut len = 0;
+        let mut rest = &wire[..n];
+        let mut fr = None;
+        loop {
+            let (u, r) = dec.handle_bytes(rest);
+            rest = &rest[u..];
+            match r.unwrap() {
+                Some(Event::Header(f)) => {
+                    fr = Some(f.prefix);
+                    got[..hl].copy_from_slice(f.header);
+                    len = hl;
+                }
+                Some(Event::Body(b)) => {
+                    got[len..len + b.len()].copy_from_slice(b);
+                    len += b.len();
+                }
+                Some(Event::End { tag: Some(t) }) => {
+                    let mut tampered = got;
+                    tampered[0] ^= 1;
+                    let mut replay = sk.decrypt.clone().unwrap();
+                    assert!(!replay.open_in_place(fr.as_ref().unwrap(), &mut tampered[..len], &t));
+                    assert!(sk.decrypt.as_mut().unwrap().open_in_place(
+                        fr.as_ref().unwrap(),
+                        &mut got[..len],
+                        &t
+                    ));
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(Header::parse(&got[..hl]).unwrap(), h);
+        assert_eq!(&got[hl..len], b"body");
+        // The same frame again (replay) fails: the sequence moved on.
+        let mut again = [0u8; 64];
+        again[..hl + 4].copy_from_slice(&wire[18..18 + hl + 4]);
+        assert!(!sk
+            .decrypt
+            .as_mut()
+            .unwrap()
+            .open_in_place(&repr, &mut again[..hl + 4], &tag));
     }
 
     #[test]

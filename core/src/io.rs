@@ -210,6 +210,10 @@ macro_rules! common_reader_methods {
         pub fn limits(&self) -> Limits {
             self.rx.dec.limits()
         }
+        /// Accept ENCRYPTED frames (see [`Decoder::set_encryption`]).
+        pub fn set_encryption(&mut self, on: bool) {
+            self.rx.dec.set_encryption(on);
+        }
         /// The tag of the last completed sealed frame.
         pub fn tag(&self) -> Option<[u8; TAG_LEN]> {
             self.rx.tag

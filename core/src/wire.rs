@@ -8,7 +8,7 @@
 //! offset size field
 //!  0      2   magic       0x54 0x48 ("TH")
 //!  2      1   version     1
-//!  3      1   flags       bit 0: SEALED; bits 1..=7 reserved, must be 0
+//!  3      1   flags       bit 0: SEALED; bit 1: ENCRYPTED; bits 2..=7 reserved, must be 0
 //!  4      2   header_len  u16 little-endian, 1..=max_header
 //!  6      8   body_len    u64 little-endian, 0..=max_body
 //! 14      4   checksum    CRC-32C (Castagnoli) over bytes 0..14 and the header, little-endian
@@ -66,8 +66,11 @@ pub struct Flags(u8);
 impl Flags {
     /// A [`TAG_LEN`]-byte authentication tag follows the body.
     pub const SEALED: Flags = Flags(0x01);
+    /// Header and body are ChaCha20-Poly1305 ciphertext and the tag is the
+    /// AEAD's (only with SEALED, and only where ENCRYPT was negotiated).
+    pub const ENCRYPTED: Flags = Flags(0x02);
     /// Every flag this version defines.
-    pub const KNOWN: Flags = Flags(0x01);
+    pub const KNOWN: Flags = Flags(0x03);
 
     /// No flags set.
     pub const fn empty() -> Self {
@@ -242,6 +245,10 @@ impl PrefixRepr {
         if flags.unknown_bits() != 0 {
             return Err(PrefixError::UnknownFlags(flags.unknown_bits()));
         }
+        if flags.contains(Flags::ENCRYPTED) && !flags.contains(Flags::SEALED) {
+            // Ciphertext without its tag cannot be a frame of any session.
+            return Err(PrefixError::UnknownFlags(Flags::ENCRYPTED.bits()));
+        }
         if p.header_len() == 0 {
             return Err(PrefixError::EmptyHeader);
         }
@@ -268,6 +275,16 @@ impl PrefixRepr {
         (PREFIX_LEN as u64 + self.header_len as u64)
             .saturating_add(self.body_len)
             .saturating_add(tag)
+    }
+
+    /// The 14 prefix bytes before the checksum (authenticated data of an
+    /// encrypted frame).
+    pub fn covered_bytes(&self) -> [u8; 14] {
+        let mut b = [0u8; PREFIX_LEN];
+        self.emit(&mut Prefix::new_unchecked(&mut b[..]), &[]);
+        let mut out = [0u8; 14];
+        out.copy_from_slice(&b[field::COVERED]);
+        out
     }
 
     /// Write the prefix, with the checksum over it and `header`.
@@ -329,10 +346,16 @@ mod test {
             Err(PrefixError::UnsupportedVersion(2))
         );
         let mut b = good;
-        b[3] = 0x83;
+        b[3] = 0x87;
         assert_eq!(
             PrefixRepr::parse(&Prefix::new_unchecked(&b[..])),
-            Err(PrefixError::UnknownFlags(0x82))
+            Err(PrefixError::UnknownFlags(0x84))
+        );
+        b[3] = 0x02;
+        assert_eq!(
+            PrefixRepr::parse(&Prefix::new_unchecked(&b[..])),
+            Err(PrefixError::UnknownFlags(0x02)),
+            "ENCRYPTED needs SEALED"
         );
         let mut b = good;
         b[4] = 0;

@@ -1308,6 +1308,8 @@ fn nothing_is_served_before_auth() {
     let mut other = SessionKeys {
         seal: crate::handshake::Sealer::new([1; 32]),
         open: Opener::new([1; 32]),
+        encrypt: None,
+        decrypt: None,
     };
     t.send(&seal(
         &mut other,
