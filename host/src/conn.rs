@@ -5,7 +5,8 @@
 //! through [`Reader::next`] / [`Reader::body_all`]: the two places where
 //! frames are sealed and checked once a session is authenticated (a
 //! [`Sealer`] in the writer, an [`Opener`] fed the reader's header and body
-//! bytes).
+//! bytes), or, with ENCRYPT negotiated, encrypted and decrypted whole (a
+//! [`FrameCipher`] on each side).
 
 use std::io::{self, IoSlice};
 use std::sync::Arc;
@@ -13,10 +14,10 @@ use std::time::Duration;
 
 use embedded_io_adapters::tokio_1::FromTokio;
 use tether_proto::codec::Limits;
-use tether_proto::handshake::{Opener, Sealer, TagBuilder};
+use tether_proto::handshake::{FrameCipher, Opener, Sealer, TagBuilder};
 use tether_proto::io::AsyncFrameReader;
 use tether_proto::message::{Entry, EntryKind, Proof};
-use tether_proto::wire::{Flags, PREFIX_LEN, TAG_LEN};
+use tether_proto::wire::{Flags, Prefix, PrefixRepr, PREFIX_LEN, TAG_LEN, VERSION};
 use tether_proto::{
     encode_head, Argv, Caps, Command, DecodeError, Digest, ErrorCode, Exec, ExitStatus, FrameError,
     Header, HeaderError, Hello, HelloAck, Message, Stream,
@@ -364,8 +365,9 @@ pub struct Incoming {
     /// Length of the body that follows (read it with [`Reader::body_all`]).
     pub body_len: u64,
     /// Whether the frame carried a tag (flag SEALED). On a sealed session
-    /// every frame does and its tag verified; on an unsealed one a sealed
-    /// frame cannot be checked and its tag was skipped.
+    /// every frame does and its tag verified (on an encrypted session the
+    /// frame also decrypted); on an unsealed one a sealed frame cannot be
+    /// checked and its tag was skipped.
     pub sealed: bool,
 }
 
@@ -394,8 +396,8 @@ pub enum ReadError {
         body_len: u64,
     },
     /// On a sealed session, a frame's tag did not verify (it was altered,
-    /// replayed, reordered, spliced or cut short) or a frame came unsealed;
-    /// the connection cannot go on.
+    /// replayed, reordered, spliced or cut short) or a frame came unsealed
+    /// (or, on an encrypted session, unencrypted); the connection cannot go on.
     #[error("integrity check failed: {0}")]
     Integrity(&'static str),
     /// A frame's body does not fit the buffer offered for it.
@@ -431,6 +433,16 @@ struct Cur {
     held: Option<Result<Incoming, ReadError>>,
 }
 
+/// An encrypted frame being collected: its prefix, header length, and how
+/// much of header ‖ body is in [`Reader::plain`].
+#[derive(Debug, Clone, Copy)]
+struct EncCur {
+    prefix: PrefixRepr,
+    header_len: usize,
+    have: usize,
+    total: usize,
+}
+
 /// Reads frames from the read half of a TCP connection.
 ///
 /// Once [`Reader::set_opener`] was called (after authentication), every
@@ -439,11 +451,29 @@ struct Cur {
 /// verified, and a frame with a body right after its header; its body,
 /// read with [`Reader::body_all`], is returned only once the tag verified.
 /// A failure is [`ReadError::Integrity`].
+///
+/// Once [`Reader::set_decryptor`] was called instead (ENCRYPT negotiated),
+/// every frame must be sealed and encrypted: [`Reader::next`] collects its
+/// header, body and tag into one buffer, decrypts and verifies it there,
+/// and only then parses the header; [`Reader::body_all`] hands out the
+/// decrypted body from that buffer.
 pub struct Reader {
     inner: AsyncFrameReader<FromTokio<OwnedReadHalf>, Vec<u8>, Vec<u8>>,
     opener: Option<Opener>,
     cur: Option<Cur>,
     scratch: Vec<u8>,
+    /// With encryption: the cipher of incoming frames.
+    decrypt: Option<FrameCipher>,
+    /// With encryption: header ‖ body of the current frame (ciphertext
+    /// until it opened, plaintext after), grown to at most
+    /// `max_header + max_chunk`.
+    plain: Vec<u8>,
+    /// With encryption: the frame being collected (kept across cancelled
+    /// reads).
+    enc: Option<EncCur>,
+    /// With encryption: the range of `plain` holding the decrypted body not
+    /// yet handed out.
+    body: std::ops::Range<usize>,
     /// A check failed: nothing more is read.
     broken: Option<&'static str>,
 }
@@ -452,7 +482,8 @@ impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader")
             .field("limits", &self.inner.limits())
-            .field("sealed", &self.opener.is_some())
+            .field("sealed", &self.is_sealed())
+            .field("encrypted", &self.decrypt.is_some())
             .finish()
     }
 }
@@ -470,6 +501,10 @@ impl Reader {
             opener: None,
             cur: None,
             scratch: vec![0u8; 16 * 1024],
+            decrypt: None,
+            plain: Vec::new(),
+            enc: None,
+            body: 0..0,
             broken: None,
         }
     }
@@ -487,9 +522,23 @@ impl Reader {
         self.opener = Some(opener);
     }
 
-    /// Whether frames are checked.
+    /// From the next frame on, require sealed and encrypted frames
+    /// (`SEALED | ENCRYPTED`) and decrypt them; frames that are not, or do
+    /// not open, are [`ReadError::Integrity`].
+    pub fn set_decryptor(&mut self, cipher: FrameCipher) {
+        self.opener = None;
+        self.decrypt = Some(cipher);
+        self.inner.set_encryption(true);
+    }
+
+    /// Whether frames are checked (sealed, or encrypted).
     pub fn is_sealed(&self) -> bool {
-        self.opener.is_some()
+        self.opener.is_some() || self.decrypt.is_some()
+    }
+
+    /// Whether frames are encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.decrypt.is_some()
     }
 
     fn fail(&mut self, why: &'static str) -> ReadError {
@@ -532,6 +581,9 @@ impl Reader {
             if let Some(why) = self.broken {
                 return Err(ReadError::Integrity(why));
             }
+            if self.decrypt.is_some() {
+                return self.next_encrypted().await;
+            }
             if let Some(held) = self.finish_frame().await? {
                 return held;
             }
@@ -566,10 +618,104 @@ impl Reader {
         }
     }
 
+    /// The next frame of an encrypted session: collect header, body and tag
+    /// (state kept in `self`, so a cancelled call loses nothing), decrypt,
+    /// and only then parse the header. The previous frame's unread body
+    /// (already verified) is dropped.
+    async fn next_encrypted(&mut self) -> Result<Incoming, ReadError> {
+        if self.enc.is_none() {
+            self.body = 0..0;
+            let frame = self.inner.read_frame().await?;
+            let flags = frame.prefix.flags;
+            let prefix = frame.prefix;
+            let header_len = frame.header.len();
+            let total =
+                header_len.saturating_add(usize::try_from(prefix.body_len).unwrap_or(usize::MAX));
+            let want = Flags::SEALED.union(Flags::ENCRYPTED);
+            if flags != want {
+                let why = if flags.contains(Flags::SEALED) {
+                    "a frame arrived sealed but not encrypted on an encrypted session"
+                } else {
+                    "a frame arrived unsealed on an encrypted session"
+                };
+                return Err(self.fail(why));
+            }
+            // The decoder bounded both lengths by the negotiated limits.
+            if self.plain.len() < total {
+                self.plain.resize(total, 0);
+            }
+            self.plain[..header_len].copy_from_slice(frame.header);
+            self.enc = Some(EncCur {
+                prefix,
+                header_len,
+                have: header_len,
+                total,
+            });
+        }
+        while let Some(cur) = self.enc.as_mut() {
+            if cur.have >= cur.total {
+                break;
+            }
+            let n = self
+                .inner
+                .read_body(&mut self.plain[cur.have..cur.total])
+                .await?;
+            if n == 0 {
+                return Err(ReadError::Eof);
+            }
+            cur.have += n;
+        }
+        // The tag (a buffer of at least a tag's length, so the decoder
+        // takes it whole from what is buffered).
+        while self.inner.read_body(&mut self.scratch[..64]).await? > 0 {}
+        let Some(cur) = self.enc.take() else {
+            return Err(self.fail("an encrypted frame was lost"));
+        };
+        let Some(tag) = self.inner.tag() else {
+            return Err(self.fail("an encrypted frame ended without its tag"));
+        };
+        let opened = match self.decrypt.as_mut() {
+            Some(c) => c.open_in_place(&cur.prefix, &mut self.plain[..cur.total], &tag),
+            None => false,
+        };
+        if !opened {
+            return Err(self.fail(
+                "a frame does not decrypt (altered, replayed, reordered, spliced or not from this session)",
+            ));
+        }
+        let body_len = (cur.total - cur.header_len) as u64;
+        match Header::parse(&self.plain[..cur.header_len]) {
+            Ok(h) => {
+                let inc = Incoming {
+                    id: h.request_id,
+                    msg: Msg::from_message(&h.message),
+                    body_len,
+                    sealed: true,
+                };
+                self.body = cur.header_len..cur.total;
+                Ok(inc)
+            }
+            Err(err) => Err(ReadError::Header { err, body_len }),
+        }
+    }
+
     /// Read the current frame's whole body into `buf` (which must hold it)
     /// and, on a sealed session, check the frame's tag: the bytes are only
-    /// returned once they verified.
+    /// returned once they verified. On an encrypted session the body was
+    /// decrypted and verified with its frame: it is copied out.
     pub async fn body_all(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
+        if self.decrypt.is_some() {
+            let len = self.body.len();
+            if len > buf.len() {
+                return Err(ReadError::BodyTooLong {
+                    len: len as u64,
+                    room: buf.len(),
+                });
+            }
+            buf[..len].copy_from_slice(&self.plain[self.body.clone()]);
+            self.body = 0..0;
+            return Ok(len);
+        }
         let len = self.inner.body_remaining();
         if len > buf.len() as u64 {
             return Err(ReadError::BodyTooLong {
@@ -618,6 +764,11 @@ struct WriterInner {
     max_header: usize,
     failed: bool,
     sealer: Option<Sealer>,
+    /// With encryption: the cipher of outgoing frames (used instead of `sealer`).
+    cipher: Option<FrameCipher>,
+    /// With encryption: one whole frame (prefix, header, body, tag), grown
+    /// to the largest frame sent (at most `max_header + max_chunk` plus 34).
+    frame: Vec<u8>,
 }
 
 /// Sends frames; cheap to clone, one frame at a time (frames of concurrent
@@ -626,9 +777,12 @@ struct WriterInner {
 /// a task forever.
 ///
 /// After [`Writer::set_sealer`] every frame is sealed: flag SEALED and a
-/// 16-byte tag over the sequence number, prefix, header and body. Tags are
-/// computed under the same lock that orders the writes, so sequence numbers
-/// follow the order frames reach the wire.
+/// 16-byte tag over the sequence number, prefix, header and body. After
+/// [`Writer::set_cipher`] instead, every frame is `SEALED | ENCRYPTED`:
+/// header and body encrypted together with ChaCha20-Poly1305 and the AEAD
+/// tag appended. Tags (and ciphertexts) are computed under the same lock
+/// that orders the writes, so sequence numbers follow the order frames
+/// reach the wire.
 #[derive(Clone)]
 pub struct Writer {
     inner: Arc<tokio::sync::Mutex<WriterInner>>,
@@ -662,6 +816,8 @@ impl Writer {
                 max_header: Limits::HANDSHAKE.max_header as usize,
                 failed: false,
                 sealer: None,
+                cipher: None,
+                frame: Vec::new(),
             })),
             stall,
         }
@@ -677,6 +833,13 @@ impl Writer {
         self.inner.lock().await.sealer = Some(sealer);
     }
 
+    /// Encrypt (and so seal) every frame sent from now on.
+    pub async fn set_cipher(&self, cipher: FrameCipher) {
+        let mut g = self.inner.lock().await;
+        g.sealer = None;
+        g.cipher = Some(cipher);
+    }
+
     /// Send one frame with `body`.
     pub async fn send(&self, id: u32, msg: Message<'_>, body: &[u8]) -> io::Result<()> {
         let header = Header::new(id, msg);
@@ -689,6 +852,15 @@ impl Writer {
         }
         let inner = &mut *g;
         let max_header = inner.max_header;
+        if inner.cipher.is_some() {
+            let r = self.send_encrypted(inner, &header, body).await;
+            if r.as_ref()
+                .is_err_and(|e| e.kind() != io::ErrorKind::InvalidInput)
+            {
+                g.failed = true;
+            }
+            return r;
+        }
         let flags = if inner.sealer.is_some() {
             Flags::SEALED
         } else {
@@ -760,6 +932,63 @@ impl Writer {
         r
     }
 
+    /// One frame on an encrypted session: header and body into one buffer
+    /// behind room for the prefix, encrypted in place, the prefix (its
+    /// checksum over the ciphertext header) in front and the tag behind,
+    /// then one write. Called with the lock held.
+    async fn send_encrypted(
+        &self,
+        inner: &mut WriterInner,
+        header: &Header<'_>,
+        body: &[u8],
+    ) -> io::Result<()> {
+        let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+        let room = header.buffer_len();
+        if room > inner.max_header {
+            return Err(invalid(format!(
+                "a {:?} header of {room} bytes exceeds the peer's limit of {} bytes",
+                header.message.kind(),
+                inner.max_header
+            )));
+        }
+        let need = PREFIX_LEN + room + body.len() + TAG_LEN;
+        if inner.frame.len() < need {
+            inner.frame.resize(need, 0);
+        }
+        let (prefix, rest) = inner.frame.split_at_mut(PREFIX_LEN);
+        let header_len = header.emit(rest).map_err(|e| invalid(e.to_string()))?.len();
+        let plain_len = header_len + body.len();
+        rest[header_len..plain_len].copy_from_slice(body);
+        let repr = PrefixRepr {
+            version: VERSION,
+            flags: Flags::SEALED.union(Flags::ENCRYPTED),
+            header_len: header_len as u16,
+            body_len: body.len() as u64,
+        };
+        let Some(cipher) = inner.cipher.as_mut() else {
+            return Err(invalid("the session is not encrypted".into()));
+        };
+        // From here on the frame counts: its sequence number is taken.
+        let tag = cipher.seal_in_place(&repr, &mut rest[..plain_len]);
+        repr.emit(&mut Prefix::new_unchecked(prefix), &rest[..header_len]);
+        rest[plain_len..plain_len + TAG_LEN].copy_from_slice(&tag);
+        let end = PREFIX_LEN + plain_len + TAG_LEN;
+        let write = async {
+            inner.io.write_all(&inner.frame[..end]).await?;
+            inner.io.flush().await
+        };
+        match tokio::time::timeout(self.stall, write).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the peer accepted no data for {:?}; giving up on it",
+                    self.stall
+                ),
+            )),
+        }
+    }
+
     /// Send nothing more: later sends fail (the connection is ending).
     pub async fn stop(&self) {
         self.inner.lock().await.failed = true;
@@ -808,4 +1037,113 @@ pub fn exec_message<'a>(
         command,
         timeout_ms,
     }))
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// The bytes a [`Writer`] with `cipher` sends for `frames`.
+    async fn wire(cipher: FrameCipher, frames: &[(u32, Message<'_>, Vec<u8>)]) -> Vec<u8> {
+        let (a, b) = pair().await;
+        let (_ar, aw) = a.into_split();
+        let w = Writer::new(aw, Duration::from_secs(30));
+        w.set_max_header(8192).await;
+        w.set_cipher(cipher).await;
+        for (id, m, body) in frames {
+            w.send(*id, m.clone(), body).await.unwrap();
+        }
+        w.shutdown().await;
+        let mut out = Vec::new();
+        let (mut br, _bw) = b.into_split();
+        br.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn encrypted_frames_survive_reads_cancelled_anywhere() {
+        let key = [5u8; 32];
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i * 13 + i / 7) as u8).collect();
+        let frames = [
+            (1, Message::Ping { stamp: 7 }, Vec::new()),
+            (2, Message::Data, body.clone()),
+            (3, Message::Echo { text: "after" }, Vec::new()),
+            (2, Message::Data, b"tail".to_vec()),
+        ];
+        let bytes = wire(FrameCipher::new(key), &frames).await;
+        assert!(
+            !bytes.windows(5).any(|w| w == b"after"),
+            "the header text is encrypted"
+        );
+        let flags: Vec<u8> = {
+            let mut v = Vec::new();
+            let mut at = 0;
+            while at < bytes.len() {
+                let hl = u16::from_le_bytes([bytes[at + 4], bytes[at + 5]]) as usize;
+                let mut bl = [0u8; 8];
+                bl.copy_from_slice(&bytes[at + 6..at + 14]);
+                v.push(bytes[at + 3]);
+                at += PREFIX_LEN + hl + u64::from_le_bytes(bl) as usize + TAG_LEN;
+            }
+            v
+        };
+        assert_eq!(flags, [0x03; 4]);
+
+        // Fed in small pieces, with every read polled once and dropped
+        // whenever it is not done: no byte and no sequence number is lost.
+        let (c, d) = pair().await;
+        let (dr, _dw) = d.into_split();
+        let mut reader = Reader::new(dr);
+        reader.set_decryptor(FrameCipher::new(key));
+        reader.set_limits(8192, 256 * 1024);
+        let (_cr, mut cw) = c.into_split();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut cancelled = 0;
+        for piece in bytes.chunks(997) {
+            cw.write_all(piece).await.unwrap();
+            cw.flush().await.unwrap();
+            tokio::task::yield_now().await;
+            loop {
+                match tokio::time::timeout(Duration::ZERO, reader.next()).await {
+                    Ok(r) => {
+                        let inc = r.unwrap();
+                        let n = reader.body_all(&mut buf).await.unwrap();
+                        got.push((inc.id, inc.msg, buf[..n].to_vec()));
+                    }
+                    Err(_) => {
+                        cancelled += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        assert!(
+            cancelled > frames.len(),
+            "reads were cut short: {cancelled}"
+        );
+        assert_eq!(got.len(), frames.len());
+        for ((id, m, b), (gid, gm, gb)) in frames.iter().zip(&got) {
+            assert_eq!((id, &Msg::from_message(m), b), (gid, gm, gb));
+        }
+        // A replay of the last frame does not decrypt, and the reader stays broken.
+        let last = &bytes[bytes.len() - (PREFIX_LEN + 2 + 4 + TAG_LEN)..];
+        assert_eq!(last[0..2], *b"TH");
+        cw.write_all(last).await.unwrap();
+        let e = reader.next().await.unwrap_err();
+        assert!(
+            matches!(e, ReadError::Integrity(w) if w.contains("does not decrypt")),
+            "{e}"
+        );
+        assert!(matches!(reader.next().await, Err(ReadError::Integrity(_))));
+    }
 }

@@ -100,6 +100,14 @@ pub enum Error {
         /// The host.
         host: String,
     },
+    /// Encryption was required (`--encrypt`) and the server does not offer it.
+    #[error("{host} does not offer encryption, which --encrypt (or TETHER_ENCRYPT) requires; nothing was sent but the handshake. {}", if *authenticates { "The server authenticates but may run `tether serve --no-encrypt`, be an older tether, or be a device (devices do not encrypt): drop --encrypt to use integrity protection only (every frame sealed, not encrypted), or have its operator offer encryption" } else { "It does not authenticate at all (it has no key): start it with the same key (`tether serve --key-file PATH`), which also offers encryption" })]
+    NoEncryption {
+        /// The host.
+        host: String,
+        /// Whether the server authenticates (has a key).
+        authenticates: bool,
+    },
     /// The server could not prove it holds the key.
     #[error("{host} did not prove that it holds the key: it is not the server you meant, or its key differs from yours; check both key files")]
     ServerProof {

@@ -174,6 +174,16 @@ pub fn read_key_file(path: &Path, from: &'static str) -> Result<Key, KeyError> {
     })
 }
 
+/// Whether a key is configured (`--key-file`, or a non-empty
+/// `TETHER_KEY_FILE` or `TETHER_KEY`), without reading or checking it:
+/// [`load`] says whether it is usable.
+pub fn configured(flag: Option<&Path>) -> bool {
+    flag.is_some()
+        || [ENV_KEY_FILE, ENV_KEY]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()))
+}
+
 /// The key to use: `--key-file` (`flag`), else `TETHER_KEY_FILE`, else
 /// `TETHER_KEY`, else none. Empty environment variables count as unset.
 pub fn load(flag: Option<&Path>) -> Result<Option<(Key, KeySource)>, KeyError> {

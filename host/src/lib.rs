@@ -13,7 +13,9 @@
 //! * With a pre-shared key ([`key`]) both sides authenticate in the
 //!   handshake (the core's sans-IO [`tether_proto::handshake`], the same
 //!   state machine the device runs) and every later frame is sealed with a
-//!   per-direction sequence number; see `docs/SECURITY.md`.
+//!   per-direction sequence number, or, when the client requires it
+//!   (`--encrypt`) and the server offers it, encrypted whole with
+//!   ChaCha20-Poly1305; see `docs/SECURITY.md`.
 //! * File transfers stream in constant memory through a small pool of
 //!   chunk buffers, hashing with SHA-256 on a blocking thread while the
 //!   network side sends or receives: never a second pass.

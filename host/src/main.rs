@@ -31,14 +31,17 @@ for echo, time and ping, on the same port).
 Keys: `tether keygen FILE` writes a pre-shared key. A server started with it
 (`--key-file FILE`, or TETHER_KEY_FILE=FILE, or TETHER_KEY=<64 hex>) serves only
 clients holding the same key, and every frame is then sealed against tampering,
-replay and reordering (not encrypted). Keys are never taken on the command line.
-Without a key a server listens on loopback only unless --insecure is given.";
+replay and reordering. Clients that also pass --encrypt (or TETHER_ENCRYPT=1)
+get every frame encrypted as well (ChaCha20-Poly1305), and refuse a server that
+does not offer it. Keys are never taken on the command line. Without a key a
+server listens on loopback only unless --insecure is given.";
 
 const EXAMPLES: &str = "\
 Examples:
   tether keygen box.key                           make a key (copy it to clients securely)
   tether serve --key-file box.key --listen 0.0.0.0:7117 --root /srv/share
   TETHER_KEY_FILE=box.key tether ls box           a client with the key
+  tether get box secret.db --key-file box.key --encrypt   encrypted as well as sealed
   tether serve --root /srv/share --allow-exec     serve a directory on loopback, allow commands
   tether exec box -- uname -a                     run a command (no shell)
   tether exec box --shell 'ls | wc -l'            run a shell line
@@ -78,6 +81,13 @@ struct Cli {
     /// with a key set, still connect to a server that does not authenticate.
     #[arg(long, global = true)]
     insecure: bool,
+    /// TCP client commands: require encryption (needs a key); every frame is
+    /// then encrypted with ChaCha20-Poly1305, and a server that does not offer
+    /// it is refused. Without it frames are sealed, not encrypted. Not for
+    /// serve (a keyed server offers it unless --no-encrypt) nor for the UDP
+    /// commands (never encrypted).
+    #[arg(long, global = true, env = "TETHER_ENCRYPT", value_parser = clap::builder::FalseyValueParser::new())]
+    encrypt: bool,
     /// Refused: a key on the command line is visible to every local user.
     #[arg(long, global = true, hide = true, value_name = "KEY")]
     key: Option<String>,
@@ -224,6 +234,10 @@ struct ServeArgs {
     /// Refuse uploads and removals (downloads, listing and stat still work).
     #[arg(long)]
     read_only: bool,
+    /// With a key: do not offer encryption (clients that require it with
+    /// --encrypt are refused; the others are served sealed as always).
+    #[arg(long)]
+    no_encrypt: bool,
     /// Most downloads and uploads running at once; more are refused as busy.
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_transfers: usize,
@@ -359,6 +373,14 @@ fn main() -> ExitCode {
                 .exit();
         }
     }
+    if cli.encrypt {
+        if let Some(why) = encrypt_refused(&cli) {
+            use clap::CommandFactory as _;
+            Cli::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, why)
+                .exit();
+        }
+    }
     init_logging(&cli);
     let is_exec = matches!(cli.cmd, Cmd::Exec(_));
     let rt = if matches!(cli.cmd, Cmd::Serve(_)) {
@@ -389,6 +411,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Why `--encrypt` (or TETHER_ENCRYPT) cannot apply to this command line.
+fn encrypt_refused(cli: &Cli) -> Option<String> {
+    match &cli.cmd {
+        Cmd::Keygen { .. } => None,
+        Cmd::Serve(_) => Some(
+            "--encrypt (or TETHER_ENCRYPT) is for client commands: a server with a key offers encryption to every client that asks for it (and stops with --no-encrypt); drop --encrypt, or unset TETHER_ENCRYPT, for serve".into(),
+        ),
+        Cmd::Echo { .. } | Cmd::Time { .. } | Cmd::Ping { .. } => Some(
+            "echo, time and ping use UDP, which tether neither encrypts nor authenticates, so --encrypt (or TETHER_ENCRYPT) cannot be met: drop it (or set TETHER_ENCRYPT=0) for them, or use the TCP commands (exec, get, put ...) for anything confidential".into(),
+        ),
+        _ if !key::configured(cli.key_file.as_deref()) => {
+            Some(tether_host::client::ENCRYPT_NEEDS_KEY.to_string())
+        }
+        _ => None,
+    }
+}
+
 /// The key, if one is configured (a configured but unusable one is an error).
 fn load_key(cli: &Cli) -> anyhow::Result<Option<key::Key>> {
     match key::load(cli.key_file.as_deref())? {
@@ -407,6 +446,7 @@ fn connect_opts(cli: &Cli) -> anyhow::Result<ConnectOpts> {
         connect_timeout: cli.connect_timeout,
         key: load_key(cli)?,
         insecure: cli.insecure,
+        encrypt: cli.encrypt,
     })
 }
 
@@ -484,6 +524,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             cfg.handshake_timeout = a.handshake_timeout;
             cfg.idle_timeout = a.idle_timeout;
             cfg.shutdown_grace = a.shutdown_grace;
+            cfg.offer_encryption = !a.no_encrypt;
             cfg.key = key;
             cfg.read_only = a.read_only;
             cfg.allow_cmds = (!a.allow_cmd.is_empty()).then(|| a.allow_cmd.clone());

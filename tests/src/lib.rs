@@ -1,6 +1,6 @@
 //! Shared helpers for tether's cross-crate tests: the real `tether` binary,
-//! servers on ephemeral ports, temporary directories, test data and a lossy
-//! UDP relay.
+//! servers on ephemeral ports, temporary directories, test data, a lossy
+//! UDP relay and a recording, tampering TCP relay ([`relay`]).
 //!
 //! Everything talks to 127.0.0.1 only, and every wait has a generous bound
 //! so a loaded machine slows the tests down instead of failing them.
@@ -17,6 +17,7 @@ pub use tempfile::TempDir;
 
 pub mod hostile;
 pub mod peer;
+pub mod relay;
 
 /// The `tether` binary, built (once per test process) from this workspace
 /// with the same profile as the tests, so a test never drives a stale build.
@@ -59,7 +60,8 @@ pub fn tether() -> Command {
     c.env_remove("RUST_LOG")
         .env_remove("TETHER_RETRIES")
         .env_remove("TETHER_KEY_FILE")
-        .env_remove("TETHER_KEY");
+        .env_remove("TETHER_KEY")
+        .env_remove("TETHER_ENCRYPT");
     c.stdin(Stdio::null());
     c
 }

@@ -5,14 +5,16 @@
 //! It speaks the handshake through the core's `ClientHandshake`, seals what
 //! it sends once authenticated (each [`Peer::frame`] takes the next sequence
 //! number, so a frame built and not sent, or sent twice, is a gap or a
-//! replay), and checks the tag of every sealed frame it receives.
+//! replay), and checks the tag of every sealed frame it receives. With
+//! [`Peer::handshake_caps`] and `Caps::ENCRYPT` it encrypts what it sends
+//! and decrypts what it receives instead (`SEALED | ENCRYPTED` frames).
 
 use std::io::Write as _;
 use std::net::TcpStream;
 use std::time::Duration;
 
 use tether_proto::codec::{Decoder, Event, Limits};
-use tether_proto::handshake::{ClientHandshake, Opener, SessionKeys};
+use tether_proto::handshake::{ClientHandshake, FrameCipher, Opener, Sealer, SessionKeys};
 use tether_proto::wire::{Flags, Prefix, PrefixRepr, PREFIX_LEN, VERSION};
 use tether_proto::{Caps, DecodeError, ErrorCode, Header, HeaderError, Kind, Message};
 
@@ -117,6 +119,49 @@ pub fn frame(id: u32, msg: Message<'_>, body: &[u8]) -> Vec<u8> {
     raw_frame(&header(id, msg), body)
 }
 
+/// A whole frame sealed with `sealer` (flag SEALED, HMAC tag; takes its
+/// next sequence number).
+pub fn sealed_frame(sealer: &mut Sealer, header: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut f = prefix(header, body.len() as u64, Flags::SEALED.bits());
+    f.extend_from_slice(header);
+    let mut t = sealer.begin(&f);
+    t.update(body);
+    f.extend_from_slice(body);
+    f.extend_from_slice(&t.finish());
+    f
+}
+
+/// A whole frame encrypted with `cipher` (flags `SEALED | ENCRYPTED`,
+/// header ‖ body ChaCha20-Poly1305 ciphertext, the checksum over the
+/// ciphertext header; takes its next sequence number).
+pub fn encrypted_frame(cipher: &mut FrameCipher, header: &[u8], body: &[u8]) -> Vec<u8> {
+    let repr = PrefixRepr {
+        version: VERSION,
+        flags: Flags::SEALED.union(Flags::ENCRYPTED),
+        header_len: header.len() as u16,
+        body_len: body.len() as u64,
+    };
+    let mut plain = header.to_vec();
+    plain.extend_from_slice(body);
+    let tag = cipher.seal_in_place(&repr, &mut plain);
+    let mut f = vec![0u8; PREFIX_LEN];
+    repr.emit(
+        &mut Prefix::new_unchecked(&mut f[..]),
+        &plain[..header.len()],
+    );
+    f.extend_from_slice(&plain);
+    f.extend_from_slice(&tag);
+    f
+}
+
+/// Recompute the prefix checksum of the whole frame `f` (after its header
+/// bytes were changed on purpose), as an attacker on the path can.
+pub fn fix_checksum(f: &mut [u8]) {
+    let repr = PrefixRepr::parse(&Prefix::new_unchecked(&f[..PREFIX_LEN])).expect("a valid prefix");
+    let header = f[PREFIX_LEN..PREFIX_LEN + repr.header_len as usize].to_vec();
+    repr.emit(&mut Prefix::new_unchecked(&mut f[..PREFIX_LEN]), &header);
+}
+
 /// One frame received.
 #[derive(Debug, Clone)]
 pub struct Got {
@@ -128,8 +173,12 @@ pub struct Got {
     pub body: Vec<u8>,
     /// Whether it carried a tag.
     pub sealed: bool,
-    /// Whether the tag verified (sealed frames on an authenticated session).
+    /// Whether the tag verified (sealed frames on an authenticated session;
+    /// for an encrypted frame: whether it decrypted).
     pub tag_ok: Option<bool>,
+    /// Whether it was flagged ENCRYPTED (`header` and `body` are then the
+    /// decrypted bytes).
+    pub encrypted: bool,
     /// The frame's bytes as received.
     pub raw: Vec<u8>,
 }
@@ -171,6 +220,8 @@ pub enum RecvError {
     Decode(DecodeError),
     /// The server sent a header that does not parse.
     Header(HeaderError),
+    /// On an encrypted session, a frame did not decrypt.
+    Integrity,
 }
 
 /// A raw client connection.
@@ -214,6 +265,11 @@ impl<'a> Peer<'a> {
         self.keys.is_some()
     }
 
+    /// Whether frames are encrypted (ENCRYPT negotiated).
+    pub fn encrypted(&self) -> bool {
+        self.keys.as_ref().is_some_and(|k| k.encrypted())
+    }
+
     /// Send raw bytes.
     pub fn send(&mut self, b: &[u8]) -> Result<(), String> {
         self.link.send(b)
@@ -225,19 +281,36 @@ impl<'a> Peer<'a> {
     }
 
     /// A frame around `header` bytes as this session sends it: sealed (and
-    /// taking the next sequence number) once authenticated.
+    /// taking the next sequence number) once authenticated, encrypted where
+    /// ENCRYPT was negotiated.
     pub fn frame_raw(&mut self, header: &[u8], body: &[u8]) -> Vec<u8> {
+        if self.encrypted() {
+            return self.encrypted_frame_raw(header, body);
+        }
+        self.sealed_frame_raw(header, body)
+    }
+
+    /// A frame whose header ‖ body is encrypted with the session's cipher
+    /// (taking its next sequence number), flags `SEALED | ENCRYPTED`.
+    ///
+    /// # Panics
+    /// When the session is not encrypted.
+    pub fn encrypted_frame_raw(&mut self, header: &[u8], body: &[u8]) -> Vec<u8> {
+        let cipher = self
+            .keys
+            .as_mut()
+            .and_then(|k| k.encrypt.as_mut())
+            .expect("an encrypted session");
+        encrypted_frame(cipher, header, body)
+    }
+
+    /// A frame sealed with the session's HMAC key (flag SEALED only; on an
+    /// encrypted session that is the wrong protection), or unsealed before
+    /// authentication.
+    pub fn sealed_frame_raw(&mut self, header: &[u8], body: &[u8]) -> Vec<u8> {
         match &mut self.keys {
             None => raw_frame(header, body),
-            Some(k) => {
-                let mut f = prefix(header, body.len() as u64, Flags::SEALED.bits());
-                f.extend_from_slice(header);
-                let mut t = k.seal.begin(&f);
-                t.update(body);
-                f.extend_from_slice(body);
-                f.extend_from_slice(&t.finish());
-                f
-            }
+            Some(k) => sealed_frame(&mut k.seal, header, body),
         }
     }
 
@@ -281,6 +354,7 @@ impl<'a> Peer<'a> {
                 max_body: 16 << 20,
             },
         );
+        dec.set_encryption(self.encrypted());
         let mut used = 0;
         let mut got: Option<(PrefixRepr, Vec<u8>)> = None;
         let mut body = Vec::new();
@@ -293,9 +367,27 @@ impl<'a> Peer<'a> {
                 Ok(Some(Event::Header(f))) => got = Some((f.prefix, f.header.to_vec())),
                 Ok(Some(Event::Body(b))) => body.extend_from_slice(b),
                 Ok(Some(Event::End { tag })) => {
-                    let (repr, header) = got.expect("a header before the end");
+                    let (repr, mut header) = got.expect("a header before the end");
                     let frame: Vec<u8> = self.rx.drain(..used).collect();
+                    let encrypted = repr.flags.contains(Flags::ENCRYPTED);
+                    if encrypted {
+                        // Open header ‖ body, then parse the plaintext header.
+                        let (Some(cipher), Some(t)) =
+                            (self.keys.as_mut().and_then(|k| k.decrypt.as_mut()), tag)
+                        else {
+                            return Some(Err(RecvError::Integrity));
+                        };
+                        let hl = header.len();
+                        let mut plain = std::mem::take(&mut header);
+                        plain.extend_from_slice(&body);
+                        if !cipher.open_in_place(&repr, &mut plain, &t) {
+                            return Some(Err(RecvError::Integrity));
+                        }
+                        body = plain.split_off(hl);
+                        header = plain;
+                    }
                     let tag_ok = match (&mut self.keys, tag) {
+                        _ if encrypted => Some(true),
                         (Some(k), Some(t)) => {
                             let mut b = k.open.begin(&frame[..PREFIX_LEN + header.len()]);
                             b.update(&body);
@@ -313,6 +405,7 @@ impl<'a> Peer<'a> {
                         body,
                         sealed: repr.flags.contains(Flags::SEALED),
                         tag_ok,
+                        encrypted,
                         raw: frame,
                     }));
                 }
@@ -323,6 +416,12 @@ impl<'a> Peer<'a> {
     /// The next frame, which on a sealed session must be sealed and verify.
     pub fn recv_checked(&mut self) -> Result<Got, String> {
         let g = self.recv().map_err(|e| format!("no frame: {e:?}"))?;
+        if self.encrypted() && !g.encrypted {
+            return Err(format!(
+                "the server's frame was not encrypted on an encrypted session: {}",
+                g.describe()
+            ));
+        }
         if self.keys.is_some() && g.tag_ok != Some(true) {
             return Err(format!(
                 "the server's frame did not verify on a sealed session: {} (sealed {}, tag {:?})",
@@ -337,7 +436,17 @@ impl<'a> Peer<'a> {
     /// Hello (and Auth with `key`): `Ok` once the session is open, `Err`
     /// with the server's frame (or a description) otherwise.
     pub fn handshake(&mut self, key: Option<[u8; 32]>, nonce: [u8; 16]) -> Result<(), String> {
-        let mut hs = ClientHandshake::new(key, nonce, 8192, 256 * 1024, Caps::empty(), "hostile");
+        self.handshake_caps(key, nonce, Caps::empty())
+    }
+
+    /// [`Peer::handshake`] offering `caps` (`Caps::ENCRYPT`: require encryption).
+    pub fn handshake_caps(
+        &mut self,
+        key: Option<[u8; 32]>,
+        nonce: [u8; 16],
+        caps: Caps,
+    ) -> Result<(), String> {
+        let mut hs = ClientHandshake::new(key, nonce, 8192, 256 * 1024, caps, "hostile");
         let hello = self.frame(0, Message::Hello(hs.hello().clone()), &[]);
         self.send(&hello)?;
         let g = self.recv().map_err(|e| format!("no HelloAck: {e:?}"))?;

@@ -1,6 +1,7 @@
 //! The real `tether` client against the simulated device with a key: both
 //! sides run the core's handshake, so a key made by `tether keygen` works
-//! for both. The device runs on a TAP interface inside a network namespace
+//! for both. The device does not offer encryption, so `--encrypt` is
+//! refused with a clear error. The device runs on a TAP interface inside a network namespace
 //! this test creates (as `sim_tap` does).
 //!
 //! Needs root, /dev/net/tun and iproute2. Without them the test reports
@@ -102,6 +103,7 @@ impl Netns {
         c.stdin(Stdio::null())
             .env_remove("TETHER_KEY_FILE")
             .env_remove("TETHER_KEY")
+            .env_remove("TETHER_ENCRYPT")
             .env_remove("TETHER_RETRIES");
         c
     }
@@ -201,6 +203,20 @@ fn the_tether_client_authenticates_to_a_keyed_device_and_seals_everything() {
         std::fs::read(&back).unwrap() == file,
         "the file came back different"
     );
+
+    // The device does not offer encryption: a client that requires it
+    // refuses the device (before Auth) instead of falling back, and says so.
+    let o = ns.tether(&["ls", DEV_IP, "--key-file", kf, "--encrypt"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let e = text(&o.stderr);
+    assert!(
+        e.contains("does not offer encryption")
+            && e.contains("devices do not encrypt")
+            && e.contains("drop --encrypt"),
+        "{e}"
+    );
+    let o = ns.tether(&["ls", DEV_IP, "--key-file", kf]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
 
     // Without a key: refused, told what to do.
     let o = ns.tether(&["ls", DEV_IP]);

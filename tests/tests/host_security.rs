@@ -4,8 +4,7 @@
 //! (loopback only without a key, --read-only, --allow-cmd), the transfer
 //! limit and the back-off after failed authentication.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -13,6 +12,7 @@ use std::time::Duration;
 
 use tether_proto::{ErrorCode, Message};
 use tether_tests::peer::{tcp_from, Peer};
+use tether_tests::relay::{Relay, Tamper};
 use tether_tests::{random_file, run, sha256sum, tether, text, wait_until, Server, TempDir};
 
 /// Run `tether ARGS` with extra environment variables.
@@ -415,46 +415,16 @@ fn failed_authentications_back_off_per_address() {
     assert!(s.log().contains("backing off"));
 }
 
-/// A man in the middle on 127.0.0.1: forwards one connection to `port`,
+/// A man in the middle on 127.0.0.1: forwards connections to `port`,
 /// flipping one bit at byte `at` of the stream going `to_client` or not.
-fn tamper_proxy(port: u16, at: usize, to_client: bool) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let me = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let (c, _) = l.accept().unwrap();
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let pump = |mut from: TcpStream, mut to: TcpStream, flip: Option<usize>| {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 16384];
-                let mut seen = 0usize;
-                loop {
-                    let n = match from.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    if let Some(at) = flip {
-                        if at >= seen && at < seen + n {
-                            buf[at - seen] ^= 0x04;
-                        }
-                    }
-                    seen += n;
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = to.shutdown(std::net::Shutdown::Write);
-            })
-        };
-        let a = pump(
-            c.try_clone().unwrap(),
-            s.try_clone().unwrap(),
-            (!to_client).then_some(at),
-        );
-        let b = pump(s, c, to_client.then_some(at));
-        let _ = a.join();
-        let _ = b.join();
-    });
-    me
+fn tamper_proxy(port: u16, at: usize, to_client: bool) -> Relay {
+    Relay::start(
+        port,
+        Tamper {
+            to_server: (!to_client).then_some(at),
+            to_client: to_client.then_some(at),
+        },
+    )
 }
 
 #[test]
@@ -469,7 +439,7 @@ fn tampering_on_the_path_is_detected_both_ways() {
     let local = dir.path().join("down.bin");
     let o = run(&[
         "get",
-        &format!("127.0.0.1:{p}"),
+        &p.host(),
         "down.bin",
         local.to_str().unwrap(),
         "--key-file",
@@ -487,13 +457,7 @@ fn tampering_on_the_path_is_detected_both_ways() {
     let up = dir.path().join("up.bin");
     random_file(&up, 1 << 20);
     let p = tamper_proxy(s.port, 100_000, false);
-    let o = run(&[
-        "put",
-        &format!("127.0.0.1:{p}"),
-        up.to_str().unwrap(),
-        "--key-file",
-        kf,
-    ]);
+    let o = run(&["put", &p.host(), up.to_str().unwrap(), "--key-file", kf]);
     assert_eq!(o.status.code(), Some(1));
     let e = text(&o.stderr);
     assert!(e.contains("INTEGRITY") && e.contains("tampered"), "{e}");
@@ -504,7 +468,7 @@ fn tampering_on_the_path_is_detected_both_ways() {
     let p = tamper_proxy(s.port, usize::MAX, true);
     let o = run(&[
         "get",
-        &format!("127.0.0.1:{p}"),
+        &p.host(),
         "down.bin",
         local.to_str().unwrap(),
         "--key-file",

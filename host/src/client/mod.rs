@@ -35,6 +35,9 @@ pub struct ConnectOpts {
     /// With a key, still accept a server that does not authenticate
     /// (unprotected session).
     pub insecure: bool,
+    /// Require encryption (needs a key): a server that does not offer it is
+    /// refused rather than used with integrity protection only.
+    pub encrypt: bool,
 }
 
 impl Default for ConnectOpts {
@@ -45,6 +48,7 @@ impl Default for ConnectOpts {
             connect_timeout: Duration::from_secs(10),
             key: None,
             insecure: false,
+            encrypt: false,
         }
     }
 }
@@ -68,6 +72,8 @@ pub struct Session {
     pub server_agent: String,
     /// Whether the session is authenticated and every frame sealed.
     pub sealed: bool,
+    /// Whether every frame is also encrypted.
+    pub encrypted: bool,
     next_id: u32,
 }
 
@@ -89,6 +95,9 @@ pub async fn resolve(host: &HostSpec) -> Result<Vec<SocketAddr>, Error> {
     Ok(addrs)
 }
 
+/// Why `--encrypt` without a key is refused.
+pub const ENCRYPT_NEEDS_KEY: &str = "--encrypt (or TETHER_ENCRYPT) needs a key: encryption keys are derived from the pre-shared key during authentication. Pass --key-file PATH or set TETHER_KEY_FILE=PATH (the server's key, made with `tether keygen`), or drop --encrypt";
+
 enum Attempt {
     Retry(Error),
     Fail(Error),
@@ -97,6 +106,9 @@ enum Attempt {
 /// Connect to `host` and complete the handshake, retrying refused
 /// connections (and busy servers) `opts.retries` times with backoff.
 pub async fn connect(host: &HostSpec, opts: &ConnectOpts) -> Result<Session, Error> {
+    if opts.encrypt && opts.key.is_none() {
+        return Err(Error::Usage(ENCRYPT_NEEDS_KEY.into()));
+    }
     let addrs = resolve(host).await?;
     let label = host.to_string();
     let mut delay = opts.retry_delay;
@@ -182,7 +194,11 @@ async fn try_connect(
         nonce,
         tether_proto::HOST_MAX_HEADER,
         tether_proto::HOST_MAX_CHUNK,
-        Caps::empty(),
+        if opts.encrypt {
+            Caps::ENCRYPT
+        } else {
+            Caps::empty()
+        },
         crate::AGENT,
     );
     if let Err(e) = writer
@@ -241,8 +257,15 @@ async fn try_connect(
         }
     };
     let mut sealed = false;
+    let mut encrypted = false;
     match hs.handle_hello_ack(&ack.as_hello_ack()) {
         Ok(None) => {}
+        Err(HandshakeError::NoEncryption) => {
+            return fail(Error::NoEncryption {
+                host: label.to_string(),
+                authenticates: ack.caps.contains(Caps::AUTH_PSK),
+            })
+        }
         Err(HandshakeError::NotAuthenticated) if opts.insecure => {
             warn!("{label} does not authenticate: continuing without protection (--insecure)");
         }
@@ -301,8 +324,24 @@ async fn try_connect(
                     detail: "the server authenticated but does not seal frames".into(),
                 });
             }
-            writer.set_sealer(keys.seal).await;
-            reader.set_opener(keys.open);
+            match (keys.encrypt, keys.decrypt) {
+                (Some(enc), Some(dec)) => {
+                    writer.set_cipher(enc).await;
+                    reader.set_decryptor(dec);
+                    encrypted = true;
+                }
+                _ if opts.encrypt => {
+                    // The handshake refuses this already; never go on unencrypted.
+                    return fail(Error::NoEncryption {
+                        host: label.to_string(),
+                        authenticates: true,
+                    });
+                }
+                _ => {
+                    writer.set_sealer(keys.seal).await;
+                    reader.set_opener(keys.open);
+                }
+            }
             sealed = true;
         }
     }
@@ -314,10 +353,10 @@ async fn try_connect(
         "connected to {label} ({addr}): {} chunk {max_chunk} header {max_header} caps {:#x}{}",
         ack.agent,
         ack.caps.0,
-        if sealed {
-            ", authenticated, sealed"
-        } else {
-            ""
+        match (sealed, encrypted) {
+            (true, true) => ", authenticated, encrypted",
+            (true, false) => ", authenticated, sealed",
+            _ => "",
         }
     );
     Ok(Session {
@@ -329,6 +368,7 @@ async fn try_connect(
         caps: ack.caps,
         server_agent: ack.agent,
         sealed,
+        encrypted,
         next_id: 1,
     })
 }

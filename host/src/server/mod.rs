@@ -57,6 +57,9 @@ pub struct ServerConfig {
     /// The pre-shared key: with one, every connection must authenticate
     /// and every frame after that is sealed.
     pub key: Option<Key>,
+    /// With a key: offer encryption (ENCRYPT) to clients that ask for it;
+    /// their frames are then encrypted both ways. Default on.
+    pub offer_encryption: bool,
     /// Refuse Put and Remove (READ_ONLY).
     pub read_only: bool,
     /// When set, Exec runs only programs whose argv[0] equals one of these
@@ -78,6 +81,7 @@ impl ServerConfig {
             idle_timeout: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(10),
             key: None,
+            offer_encryption: true,
             read_only: false,
             allow_cmds: None,
             max_transfers: 64,
@@ -221,8 +225,10 @@ pub async fn serve(
         },
         if cfg.read_only { ", read-only" } else { "" }
     );
-    if cfg.key.is_some() {
-        info!("key set: clients must authenticate; every frame after that is sealed (HMAC-SHA256, not encrypted)");
+    if cfg.key.is_some() && cfg.offer_encryption {
+        info!("key set: clients must authenticate; every frame after that is sealed (HMAC-SHA256), and encrypted (ChaCha20-Poly1305) for clients that ask for it (--encrypt)");
+    } else if cfg.key.is_some() {
+        info!("key set: clients must authenticate; every frame after that is sealed (HMAC-SHA256); encryption is not offered (--no-encrypt), so clients that require it are refused");
     } else if addr.ip().is_loopback() {
         warn!("no key: serving unauthenticated on loopback only");
     } else {
@@ -379,7 +385,7 @@ async fn connection(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr, sd: watc
             return;
         }
     };
-    debug!(%peer, agent = %hello, sealed = reader.is_sealed(), "connected");
+    debug!(%peer, agent = %hello, sealed = reader.is_sealed(), encrypted = reader.is_encrypted(), "connected");
     let mut conn = Conn {
         ctx,
         peer,
@@ -455,6 +461,10 @@ async fn handshake(
             caps = caps.union(Caps::SHELL);
         }
     }
+    if ctx.cfg.key.is_some() && ctx.cfg.offer_encryption {
+        // Negotiated only with clients that ask for it (and authenticate).
+        caps = caps.union(Caps::ENCRYPT);
+    }
     let policy = ServerPolicy {
         max_header: tether_proto::HOST_MAX_HEADER,
         max_chunk: tether_proto::HOST_MAX_CHUNK,
@@ -510,8 +520,16 @@ async fn handshake(
                     .send(0, Message::AuthOk(reply), &[])
                     .await
                     .map_err(|e| format!("sending AuthOk failed: {e}"))?;
-                writer.set_sealer(keys.seal).await;
-                reader.set_opener(keys.open);
+                match (keys.encrypt, keys.decrypt) {
+                    (Some(enc), Some(dec)) => {
+                        writer.set_cipher(enc).await;
+                        reader.set_decryptor(dec);
+                    }
+                    _ => {
+                        writer.set_sealer(keys.seal).await;
+                        reader.set_opener(keys.open);
+                    }
+                }
             }
             Err(HandshakeError::BadProof) => {
                 let period = ctx.backoff.failed(ip, Instant::now());
