@@ -1251,7 +1251,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> State<B> {
         let policy = ServerPolicy {
             max_header: cfg.max_header.min(cap),
             max_chunk: cfg.max_chunk,
-            caps: cfg.caps,
+            // The device seals but does not encrypt: never negotiate ENCRYPT.
+            caps: Caps(cfg.caps.0 & !Caps::ENCRYPT.0),
         };
         match hs.handle_hello(hello, &policy, self.nonce, cfg.agent) {
             Ok(ack) => {

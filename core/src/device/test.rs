@@ -1768,3 +1768,24 @@ fn concurrent_puts_to_one_path() {
         assert_eq!((u.files, u.pending), (1, 0));
     }
 }
+
+#[test]
+fn the_device_never_negotiates_encryption() {
+    // Even if a firmware lists ENCRYPT: the device seals, it does not encrypt.
+    let mut t = T::with_config(
+        1024,
+        Config {
+            key: Some(KEY),
+            caps: Config::DEFAULT.caps.union(Caps::ENCRYPT),
+            ..Config::DEFAULT
+        },
+    );
+    let hs = ClientHandshake::new(Some(KEY), [1; 16], 512, 1024, Caps::empty(), "t");
+    let mut hello = hs.hello().clone();
+    hello.caps = hello.caps.union(Caps::ENCRYPT);
+    let f = t.request(Header::new(0, Message::Hello(hello)));
+    let Message::HelloAck(ack) = head(&f[0]).message else {
+        panic!("{f:?}")
+    };
+    assert!(ack.caps.contains(Caps::SEAL) && !ack.caps.contains(Caps::ENCRYPT));
+}
