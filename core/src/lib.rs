@@ -7,6 +7,7 @@
 //! * [`message`]: the postcard header ([`Header`], [`Message`]) and error codes.
 //! * [`codec`]: the sans-IO [`Decoder`] (bytes in, events out, bodies never
 //!   buffered) and [`encode_head`].
+//! * [`datagram`]: the UDP service (Ping, Echo, Time), shared by device and host.
 //! * [`io`]: blocking and async drivers over `embedded-io`.
 //!
 //! `no_std` and heap-free by default; the caller owns every buffer. The byte
@@ -36,6 +37,7 @@ extern crate std;
 extern crate alloc;
 
 pub mod codec;
+pub mod datagram;
 pub mod device;
 pub mod handshake;
 pub mod io;
