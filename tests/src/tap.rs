@@ -1,0 +1,139 @@
+//! A network namespace with a TAP interface and the simulated device in it,
+//! for the tests that drive `tether-sim` over a real TAP with the real
+//! `tether` client (they are skipped, visibly, without root).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::{tether_bin, wait_output};
+
+/// The device's address inside the namespace (the host side is .100).
+pub const DEV_IP: &str = "192.168.69.1";
+
+/// Why a TAP test cannot run here, if it cannot.
+pub fn missing_prerequisite() -> Option<String> {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        return Some("not root".into());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("/dev/net/tun does not exist".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("iproute2 (`ip`) is not installed".into());
+    }
+    None
+}
+
+/// Report a skipped TAP test straight to the terminal (the harness captures print!/eprint!).
+pub fn skip(test: &str, why: &str) {
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n{test}: SKIPPED: {why}; it needs root, /dev/net/tun and iproute2\n"
+    );
+}
+
+/// `tether-sim`, built beside the `tether` binary (same profile and target dir).
+pub fn sim_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(build_sim).clone()
+}
+
+fn build_sim() -> PathBuf {
+    let client = tether_bin();
+    let profile_dir = client.parent().expect("profile dir").to_path_buf();
+    let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "tether-sim",
+        "--bin",
+        "tether-sim",
+    ])
+    .arg("--target-dir")
+    .arg(&target_dir);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    assert!(cmd.status().expect("run cargo build").success());
+    profile_dir.join("tether-sim")
+}
+
+/// Run `ip` with `args`.
+pub fn ip(args: &[&str]) -> Output {
+    Command::new("ip").args(args).output().expect("run ip")
+}
+
+/// A network namespace with a TAP; everything in it is removed on drop.
+#[derive(Debug)]
+pub struct Netns(String);
+
+impl Netns {
+    /// Create namespace `name` with lo up and tap0 at 192.168.69.100/24.
+    pub fn create(name: &str) -> Result<Netns, String> {
+        let out = ip(&["netns", "add", name]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        let ns = Netns(name.into());
+        for args in [
+            &["link", "set", "lo", "up"][..],
+            &["tuntap", "add", "dev", "tap0", "mode", "tap"],
+            &["addr", "add", "192.168.69.100/24", "dev", "tap0"],
+            &["link", "set", "tap0", "up"],
+        ] {
+            let mut full = vec!["-n", name];
+            full.extend_from_slice(args);
+            let out = ip(&full);
+            assert!(out.status.success(), "ip {full:?}: {out:?}");
+        }
+        Ok(ns)
+    }
+
+    /// `program` inside the namespace, with no tether key or encryption settings inherited.
+    pub fn exec(&self, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0]).arg(program);
+        c.stdin(Stdio::null())
+            .env_remove("TETHER_KEY_FILE")
+            .env_remove("TETHER_KEY")
+            .env_remove("TETHER_ENCRYPT")
+            .env_remove("TETHER_RETRIES");
+        c
+    }
+
+    /// Run the tether client inside the namespace and collect its output.
+    pub fn tether(&self, args: &[&str]) -> Output {
+        let mut c = self.exec(&tether_bin());
+        c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        wait_output(c.spawn().expect("spawn tether"), Duration::from_secs(60))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let pids = ip(&["netns", "pids", &self.0]);
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            let _ = Command::new("kill").arg(pid).status();
+        }
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end && !ip(&["netns", "pids", &self.0]).stdout.is_empty() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = ip(&["-n", &self.0, "link", "del", "tap0"]);
+        let _ = ip(&["netns", "del", &self.0]);
+    }
+}
