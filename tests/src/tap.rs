@@ -137,3 +137,19 @@ impl Drop for Netns {
         let _ = ip(&["netns", "del", &self.0]);
     }
 }
+
+/// The usual start of a TAP test: a fresh namespace named after `prefix` and
+/// this process, or `None` after reporting why `test` is skipped.
+pub fn enter(test: &str, prefix: &str) -> Option<Netns> {
+    if let Some(why) = missing_prerequisite() {
+        skip(test, &why);
+        return None;
+    }
+    match Netns::create(&format!("{prefix}-{}", std::process::id())) {
+        Ok(ns) => Some(ns),
+        Err(e) => {
+            skip(test, &format!("cannot create a network namespace: {e}"));
+            None
+        }
+    }
+}

@@ -10,7 +10,7 @@
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tether_tests::tap::{missing_prerequisite, sim_bin, skip, Netns, DEV_IP};
+use tether_tests::tap::{enter, sim_bin, DEV_IP};
 use tether_tests::TempDir;
 
 fn text(b: &[u8]) -> String {
@@ -19,18 +19,8 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn the_tether_client_authenticates_to_a_keyed_device_and_seals_everything() {
-    if let Some(why) = missing_prerequisite() {
-        return skip("host_client_device", &why);
-    }
-    let name = format!("tether-keyed-{}", std::process::id());
-    let ns = match Netns::create(&name) {
-        Ok(ns) => ns,
-        Err(e) => {
-            return skip(
-                "host_client_device",
-                &format!("cannot create a network namespace: {e}"),
-            )
-        }
+    let Some(ns) = enter("host_client_device", "tether-keyed") else {
+        return;
     };
     let dir = TempDir::new().unwrap();
     let key = dir.path().join("device.key");

@@ -7,7 +7,7 @@
 
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
-use tether_tests::tap::{missing_prerequisite, sim_bin, skip, Netns, DEV_IP};
+use tether_tests::tap::{enter, sim_bin, DEV_IP};
 use tether_tests::TempDir;
 
 /// Why this machine cannot run the TAP test, if it cannot.
@@ -23,18 +23,8 @@ fn ok(out: &Output) -> String {
 
 #[test]
 fn device_over_tap_in_a_namespace_with_the_tether_client() {
-    if let Some(why) = missing_prerequisite() {
-        return skip("sim_tap", &why);
-    }
-    let name = format!("tether-simtest-{}", std::process::id());
-    let ns = match Netns::create(&name) {
-        Ok(ns) => ns,
-        Err(e) => {
-            return skip(
-                "sim_tap",
-                &format!("cannot create a network namespace: {e}"),
-            )
-        }
+    let Some(ns) = enter("sim_tap", "tether-simtest") else {
+        return;
     };
     let dir = TempDir::new().unwrap();
     let log = std::fs::File::create(dir.path().join("sim.log")).unwrap();
