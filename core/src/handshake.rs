@@ -45,6 +45,12 @@ pub struct ServerPolicy {
     pub max_chunk: u32,
     /// Capabilities the server has (AUTH_PSK: it requires authentication).
     pub caps: Caps,
+    /// Most requests in flight per connection (announced in HelloAck).
+    pub max_requests: u16,
+    /// Longest name accepted (announced in HelloAck).
+    pub max_name: u16,
+    /// Longest path accepted (announced in HelloAck).
+    pub max_path: u16,
 }
 
 /// Why a Hello was refused.
@@ -150,6 +156,9 @@ pub fn negotiate<'a>(
         caps,
         nonce,
         agent,
+        max_requests: policy.max_requests,
+        max_name: policy.max_name,
+        max_path: policy.max_path,
     })
 }
 
@@ -667,6 +676,9 @@ mod test {
             max_header: 512,
             max_chunk: 1024,
             caps: Caps::EXEC.union(Caps::AUTH_PSK).union(Caps::SEAL),
+            max_requests: 64,
+            max_name: 255,
+            max_path: 4095,
         };
         let ack = negotiate(&hello(Caps::AUTH_PSK), &policy, [2; 16], "s").unwrap();
         assert_eq!((ack.max_header, ack.max_chunk), (512, 1024));
@@ -757,6 +769,9 @@ mod test {
             max_header: 512,
             max_chunk: 1024,
             caps: Caps::EXEC,
+            max_requests: 64,
+            max_name: 255,
+            max_path: 4095,
         };
         for (ck, sk, want) in [
             (Some([1u8; 32]), Some([1u8; 32]), Ok(())),
@@ -824,6 +839,9 @@ mod test {
             max_header: 512,
             max_chunk: 1024,
             caps: Caps::ENCRYPT,
+            max_requests: 64,
+            max_name: 255,
+            max_path: 4095,
         };
         let no_offer = ServerPolicy {
             caps: Caps::empty(),
@@ -952,6 +970,9 @@ mod test {
             max_header: 512,
             max_chunk: 1024,
             caps: Caps::EXEC,
+            max_requests: 64,
+            max_name: 255,
+            max_path: 4095,
         };
         let mut c = ClientHandshake::new(Some([1; 32]), [5; 16], 8192, 65536, Caps::empty(), "c");
         let mut s = ServerHandshake::new(Some([1; 32]));

@@ -282,6 +282,13 @@ impl Caps {
     pub const SEAL: Caps = Caps(1 << 5);
     /// After authentication, headers and bodies are encrypted.
     pub const ENCRYPT: Caps = Caps(1 << 6);
+    /// The server has directories: paths may contain `/`, Put creates
+    /// parents. Without it the namespace is flat (the root is the only
+    /// directory).
+    pub const DIRS: Caps = Caps(1 << 7);
+    /// The server keeps an interrupted upload and resumes it (`PutReady`
+    /// with an offset > 0 when `Put.resume` is set).
+    pub const RESUME: Caps = Caps(1 << 8);
 
     /// No capabilities.
     pub const fn empty() -> Self {
@@ -335,6 +342,13 @@ pub struct HelloAck<'a> {
     pub nonce: [u8; 16],
     /// Software name and version, for logs.
     pub agent: &'a str,
+    /// Most requests the server runs at once on this connection (Ping,
+    /// Echo, Time and Cancel never count); one more is answered `BUSY`.
+    pub max_requests: u16,
+    /// Longest name (one path component) the server accepts, in bytes.
+    pub max_name: u16,
+    /// Longest path the server accepts, in bytes.
+    pub max_path: u16,
 }
 
 /// An authentication proof: HMAC-SHA256 over the transcript (see `auth`).
@@ -573,6 +587,10 @@ error_codes! {
     BAD_LENGTH = 35, "length mismatch";
     /// A bug or unexpected condition on the server.
     INTERNAL = 36, "internal error";
+    /// A directory that is not empty cannot be removed.
+    NOT_EMPTY = 37, "directory not empty";
+    /// The file changed while it was being sent; nothing was committed.
+    CHANGED = 38, "file changed while being sent";
 }
 
 impl fmt::Display for ErrorCode {

@@ -73,6 +73,8 @@ pub struct OwnedHello {
     pub nonce: [u8; 16],
     /// Peer software.
     pub agent: String,
+    /// HelloAck only: requests in flight, name and path limits (0 in a Hello).
+    pub limits: (u16, u16, u16),
 }
 
 impl OwnedHello {
@@ -97,6 +99,9 @@ impl OwnedHello {
             caps: self.caps,
             nonce: self.nonce,
             agent: &self.agent,
+            max_requests: self.limits.0,
+            max_name: self.limits.1,
+            max_path: self.limits.2,
         }
     }
 }
@@ -203,6 +208,7 @@ impl Msg {
             caps,
             nonce,
             agent: agent.to_string(),
+            limits: (0, 0, 0),
         };
         match m {
             Message::Hello(h) => Msg::Hello(hello(
@@ -213,14 +219,17 @@ impl Msg {
                 h.nonce,
                 h.agent,
             )),
-            Message::HelloAck(h) => Msg::HelloAck(hello(
-                h.version,
-                h.max_header,
-                h.max_chunk,
-                h.caps,
-                h.nonce,
-                h.agent,
-            )),
+            Message::HelloAck(h) => Msg::HelloAck(OwnedHello {
+                limits: (h.max_requests, h.max_name, h.max_path),
+                ..hello(
+                    h.version,
+                    h.max_header,
+                    h.max_chunk,
+                    h.caps,
+                    h.nonce,
+                    h.agent,
+                )
+            }),
             Message::Auth(p) => Msg::Auth(*p),
             Message::AuthOk(p) => Msg::AuthOk(*p),
             Message::Ping { stamp } => Msg::Ping { stamp: *stamp },

@@ -597,6 +597,9 @@ fn fake_server(key: [u8; 32], reply: Reply) -> u16 {
             max_header: 8192,
             max_chunk: 256 * 1024,
             caps: Caps::FILES.union(Caps::ENCRYPT),
+            max_requests: 64,
+            max_name: 255,
+            max_path: 4095,
         };
         let mut hs = ServerHandshake::new(Some(key));
         let ack = hs.handle_hello(&hello, &policy, [9; 16], "fake").unwrap();

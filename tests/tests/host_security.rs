@@ -496,6 +496,9 @@ fn impostor() -> u16 {
             caps: tether_proto::Caps::AUTH_PSK.union(tether_proto::Caps::SEAL),
             nonce: [9; 16],
             agent: "impostor",
+            max_requests: 64,
+            max_name: 255,
+            max_path: 4095,
         };
         p.request(0, Message::HelloAck(ack), &[]).unwrap();
         let auth = p.recv().unwrap();

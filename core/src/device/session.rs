@@ -1253,6 +1253,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> State<B> {
             max_chunk: cfg.max_chunk,
             // The device seals but does not encrypt: never negotiate ENCRYPT.
             caps: Caps(cfg.caps.0 & !Caps::ENCRYPT.0),
+            max_requests: 64,
+            max_name: 255,
+            max_path: 4095,
         };
         match hs.handle_hello(hello, &policy, self.nonce, cfg.agent) {
             Ok(ack) => {

@@ -469,6 +469,9 @@ async fn handshake(
         max_header: tether_proto::HOST_MAX_HEADER,
         max_chunk: tether_proto::HOST_MAX_CHUNK,
         caps,
+        max_requests: 64,
+        max_name: 255,
+        max_path: 4095,
     };
     let nonce = crate::key::nonce().map_err(|e| e.to_string())?;
     let mut hs = ServerHandshake::new(ctx.cfg.key.as_ref().map(|k| k.0));
