@@ -13,8 +13,9 @@
 //! (a [`TimeSource`]) and its statistics or logs.
 
 use crate::codec::{encode_frame, DecodeError};
-use crate::device::{msg, Msg};
 use crate::message::{EncodeError, ErrorCode, Header, Kind, Message};
+use crate::text::Text;
+pub use crate::time::TimeError;
 use crate::wire::{Flags, Prefix, PrefixRepr, PREFIX_LEN};
 use crate::MAX_DATAGRAM;
 
@@ -24,15 +25,6 @@ pub const SLACK: usize = 96;
 /// Bytes of an Error frame besides its text: prefix, request id (5 at
 /// most), kind, code (3 at most) and the text's length (2 for up to 16 KiB).
 const ERROR_OVERHEAD: usize = PREFIX_LEN + 5 + 1 + 3 + 2;
-
-/// Why a [`TimeSource`] cannot answer a `Time` request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeError {
-    /// The formatted text does not fit the source's buffer (`TOO_LARGE`).
-    TooLong,
-    /// The format is not understood (`INVALID_HEADER`).
-    BadFormat,
-}
 
 /// The wall clock and `strftime` of the side answering `Time` requests.
 pub trait TimeSource {
@@ -106,6 +98,15 @@ pub fn encode_echo_reply<'b>(
 /// Why a datagram is not a frame: the code and text to refuse it with.
 type Refusal = (ErrorCode, Msg);
 
+/// A refusal's text (short: datagram replies are clipped to the budget anyway).
+type Msg = Text<96>;
+
+fn msg(args: core::fmt::Arguments<'_>) -> Msg {
+    let mut t = Msg::new();
+    let _ = core::fmt::Write::write_fmt(&mut t, args);
+    t
+}
+
 /// A datagram split into checked header bytes and body.
 fn split(d: &[u8]) -> Result<(&[u8], &[u8]), Refusal> {
     let bad = |m: &str| (ErrorCode::BAD_FRAME, msg(format_args!("{m}")));
@@ -142,14 +143,7 @@ fn split(d: &[u8]) -> Result<(&[u8], &[u8]), Refusal> {
     Ok((header, &d[PREFIX_LEN + hlen..]))
 }
 
-/// The longest prefix of `s` of at most `max` bytes, cut at a character.
-fn clip(s: &str, max: usize) -> &str {
-    let mut end = max.min(s.len());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
+use crate::text::clip;
 
 /// Answer one datagram into `out` (at most [`MAX_DATAGRAM`] bytes of it, and
 /// never more than the datagram's length plus [`SLACK`]). `time` answers
@@ -223,9 +217,10 @@ pub fn answer(datagram: &[u8], out: &mut [u8], time: &mut dyn TimeSource) -> Ans
                 ));
                 return refuse(out, ErrorCode::TOO_LARGE, m);
             }
-            Err(TimeError::BadFormat) => {
+            Err(TimeError::BadFormat { .. }) => {
                 let m = msg(format_args!(
-                    "invalid time format '{format}': use specifiers such as %Y-%m-%d %H:%M:%S"
+                    "invalid time format '{}': use %Y %m %d %H %M %S %j %y %e %a %b %F %T %s %3f %Z %z %%",
+                    crate::text::clip(format, 32)
                 ));
                 return refuse(out, ErrorCode::INVALID_HEADER, m);
             }
@@ -274,7 +269,7 @@ mod tests {
             while i < f.len() {
                 let piece: &[u8] = match (f[i], f.get(i + 1)) {
                     (b'%', Some(b'c')) => b"Sun Nov 22 04:38:41 2026",
-                    (b'%', Some(b'Q')) => return Err(TimeError::BadFormat),
+                    (b'%', Some(b'Q')) => return Err(TimeError::BadFormat { at: i }),
                     _ => &f[i..i + 1],
                 };
                 i += if piece.len() == 1 { 1 } else { 2 };

@@ -23,7 +23,9 @@
 //! Call order for a server: [`negotiate`] on Hello, send HelloAck, then
 //! [`Transcript`] + [`client_proof`]/[`server_proof`] on Auth.
 
+#[cfg(feature = "encrypt")]
 use chacha20poly1305::aead::{AeadInOut, KeyInit as AeadKeyInit};
+#[cfg(feature = "encrypt")]
 use chacha20poly1305::ChaCha20Poly1305;
 use hmac::{KeyInit, Mac};
 use sha2::{Digest as _, Sha256};
@@ -146,6 +148,9 @@ pub fn negotiate<'a>(
     }
     let optional = Caps::SEAL.union(Caps::ENCRYPT);
     caps = Caps(caps.0 & !optional.0).union(caps.intersection(hello.caps).intersection(optional));
+    if !CAN_ENCRYPT {
+        caps = Caps(caps.0 & !Caps::ENCRYPT.0);
+    }
     if !caps.contains(Caps::AUTH_PSK) {
         caps = Caps(caps.0 & !optional.0);
     }
@@ -370,12 +375,45 @@ impl SessionKeys {
 /// cipher), and the prefix checksum is computed over the ciphertext header.
 /// A receiver buffers one frame (at most `max_header + max_chunk` bytes),
 /// opens it, and only then parses the header.
+#[cfg(feature = "encrypt")]
 #[derive(Clone)]
 pub struct FrameCipher {
     aead: ChaCha20Poly1305,
     seq: u64,
 }
 
+/// Built without the `encrypt` feature: no cipher can exist, ENCRYPT is
+/// never negotiated, and the code paths that would use one vanish.
+#[cfg(not(feature = "encrypt"))]
+#[derive(Debug, Clone)]
+pub enum FrameCipher {}
+
+#[cfg(not(feature = "encrypt"))]
+impl FrameCipher {
+    /// Never called: there is no value to call it on.
+    pub fn seal_in_place(
+        &mut self,
+        _repr: &crate::wire::PrefixRepr,
+        _header_and_body: &mut [u8],
+    ) -> [u8; TAG_LEN] {
+        match *self {}
+    }
+
+    /// Never called: there is no value to call it on.
+    pub fn open_in_place(
+        &mut self,
+        _repr: &crate::wire::PrefixRepr,
+        _header_and_body: &mut [u8],
+        _tag: &[u8; TAG_LEN],
+    ) -> bool {
+        match *self {}
+    }
+}
+
+/// Whether this build can encrypt (the `encrypt` feature).
+pub const CAN_ENCRYPT: bool = cfg!(feature = "encrypt");
+
+#[cfg(feature = "encrypt")]
 impl core::fmt::Debug for FrameCipher {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("FrameCipher")
@@ -384,6 +422,7 @@ impl core::fmt::Debug for FrameCipher {
     }
 }
 
+#[cfg(feature = "encrypt")]
 impl FrameCipher {
     /// A cipher with a direction's encryption key, starting at sequence 0.
     pub fn new(key: [u8; 32]) -> Self {
@@ -443,18 +482,24 @@ fn keys(
     recv: Direction,
     encrypt: bool,
 ) -> SessionKeys {
+    #[cfg(feature = "encrypt")]
     let cipher = |dir| {
         let label: &[u8] = match dir {
             Direction::ClientToServer => b"tether-v1 enc c2s",
             Direction::ServerToClient => b"tether-v1 enc s2c",
         };
-        FrameCipher::new(hmac(key, &[label, t]))
+        encrypt.then(|| FrameCipher::new(hmac(key, &[label, t])))
+    };
+    #[cfg(not(feature = "encrypt"))]
+    let cipher = |_: Direction| {
+        let _ = encrypt;
+        None
     };
     SessionKeys {
         seal: Sealer::new(direction_key(key, t, send)),
         open: Opener::new(direction_key(key, t, recv)),
-        encrypt: encrypt.then(|| cipher(send)),
-        decrypt: encrypt.then(|| cipher(recv)),
+        encrypt: cipher(send),
+        decrypt: cipher(recv),
     }
 }
 

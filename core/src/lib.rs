@@ -42,6 +42,9 @@ pub mod device;
 pub mod handshake;
 pub mod io;
 pub mod message;
+pub mod server;
+pub mod text;
+pub mod time;
 pub mod wire;
 
 pub use codec::{encode_frame, encode_head, DecodeError, Decoder, Event, Frame, Limits};

@@ -14,7 +14,7 @@ use core::hint::black_box;
 
 use cortex_m_rt::entry;
 use panic_halt as _;
-use tether_proto::device::{Config, Device, NoWallClock, Peer, RamStore, Session};
+use tether_proto::device::{Config, Device, NoWallClock, Peer, RamStore, DeviceConn};
 use tether_proto::MAX_DATAGRAM;
 
 /// Per-connection buffers: header (negotiated max_header), transmit queue, command output.
@@ -34,7 +34,7 @@ fn main() -> ! {
     let mut dev = Device::new(config, store, NoWallClock, (), now_ms);
 
     let (mut h, mut t, mut o) = ([0u8; HEADER], [0u8; TX], [0u8; OUTPUT]);
-    let mut session = Session::new(&mut h[..], &mut t[..], &mut o[..]);
+    let mut session: DeviceConn<_> = DeviceConn::new(&mut h[..], &mut t[..], &mut o[..]);
     session.handle_accept(&mut dev, Peer([0; 16]), black_box([0x5a; 16]), now_ms);
 
     let mut rx = [0u8; 256];

@@ -3,7 +3,7 @@
 //! The device logic of [`tether_proto::device`] running on smoltcp, as it
 //! would on a microcontroller: [`SimDevice`] owns a smoltcp interface, a
 //! few TCP listeners and one UDP socket on the protocol port, and feeds them
-//! to [`Session`]s and [`Device::handle_datagram`]. The network device
+//! to [`DeviceConn`]s and [`Device::handle_datagram`]. The network device
 //! (`phy`) is the caller's: a TAP interface in the `tether-sim` binary, or
 //! the in-memory [`virt`] wire in tests.
 //!
@@ -30,7 +30,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv4Cidr};
 use tether_proto::device::commands::{Cmd, Ctx, Output, Table};
 use tether_proto::device::{
-    Config, Device, Event, OffsetClock, Peer, RamStore, Session, CLOSE_GRACE_MS,
+    Config, Device, DeviceConn, Event, OffsetClock, Peer, RamStore, CLOSE_GRACE_MS,
 };
 use tether_proto::handshake::KEY_LEN;
 use tether_proto::{DEFAULT_PORT, MAX_DATAGRAM};
@@ -127,11 +127,11 @@ pub struct SimConfig {
     pub tcp_tx: usize,
     /// UDP datagrams buffered each way.
     pub udp_packets: usize,
-    /// Session header buffer (caps the negotiated max_header).
+    /// DeviceConn header buffer (caps the negotiated max_header).
     pub header_buf: usize,
-    /// Session transmit buffer.
+    /// DeviceConn transmit buffer.
     pub tx_buf: usize,
-    /// Session output buffer (command output).
+    /// DeviceConn output buffer (command output).
     pub output_buf: usize,
     /// Store capacity in bytes.
     pub store_bytes: usize,
@@ -186,7 +186,7 @@ impl SimConfig {
     pub fn ram(&self) -> Vec<(&'static str, usize)> {
         let n = self.connections;
         let udp = 2 * self.udp_packets * MAX_DATAGRAM;
-        let session = std::mem::size_of::<Session<&mut [u8]>>();
+        let session = std::mem::size_of::<DeviceConn<&mut [u8]>>();
         let store_table = std::mem::size_of::<SimStore>() - std::mem::size_of::<Box<[u8]>>();
         vec![
             ("tcp socket buffers", n * (self.tcp_rx + self.tcp_tx)),
@@ -270,7 +270,7 @@ pub static SIM_COMMANDS: [Cmd<()>; 2] = [
 
 struct Conn {
     handle: SocketHandle,
-    session: Session<Box<[u8]>>,
+    session: DeviceConn<Box<[u8]>>,
     /// When the socket is reset if it is still half-open (SYN received,
     /// never established) or still closing (the peer never finishes the
     /// close): no peer holds a connection slot past a deadline.
@@ -340,7 +340,7 @@ impl SimDevice {
             s.set_timeout(Some(Duration::from_secs(120)));
             let handle = sockets.add(s);
             let buf = |n: usize| vec![0u8; n].into_boxed_slice();
-            let session = Session::new(
+            let session = DeviceConn::new(
                 buf(config.header_buf),
                 buf(config.tx_buf),
                 buf(config.output_buf),

@@ -373,7 +373,9 @@ impl VirtualNet {
         let deadline = self.now + self.patience;
         loop {
             match self.host_sockets.get::<tcp::Socket<'_>>(handle).state() {
-                tcp::State::Established => break,
+                // A device that answers and closes at once (a refusal) leaves
+                // the connection half closed already: still connected.
+                tcp::State::Established | tcp::State::CloseWait => break,
                 tcp::State::Closed => {
                     self.host_sockets.remove(handle);
                     return Err(NetError::Reset);

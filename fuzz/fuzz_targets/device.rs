@@ -1,4 +1,4 @@
-//! The device state machine (`device::Session` on a `RamStore`) driven by
+//! The device state machine (`device::DeviceConn` on a `RamStore`) driven by
 //! arbitrary input, in four modes (first byte): no key with raw bytes; no
 //! key, Hello done, then frames built from the input (valid checksums,
 //! arbitrary headers and bodies); a key with raw bytes (never authenticated);
@@ -20,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 use tether_proto::codec::{encode_head, Decoder, Event, Limits};
 use tether_proto::device::commands::Table;
 use tether_proto::device::store::Store;
-use tether_proto::device::{Config, Device, OffsetClock, Peer, RamStore, Session};
+use tether_proto::device::{Config, Device, OffsetClock, Peer, RamStore, DeviceConn};
 use tether_proto::handshake::{ClientHandshake, Opener, SessionKeys, TagBuilder};
 use tether_proto::message::Proof;
 use tether_proto::wire::{Flags, Prefix, PrefixRepr, PREFIX_LEN, TAG_LEN, VERSION};
@@ -60,7 +60,7 @@ enum Mode {
 
 struct Harness {
     dev: Dev,
-    s: Session<Vec<u8>>,
+    s: DeviceConn<Vec<u8>>,
     mode: Mode,
     now: u64,
     tx_step: usize,
@@ -97,7 +97,7 @@ impl Harness {
             },
             0,
         );
-        let mut s = Session::new(vec![0; 512], vec![0; 640], vec![0; 512]);
+        let mut s: DeviceConn<Vec<u8>> = DeviceConn::new(vec![0; 512], vec![0; 640], vec![0; 512]);
         s.handle_accept(&mut dev, Peer::ipv4([10, 0, 0, 1]), [3; 16], 0);
         Harness {
             dev,

@@ -23,6 +23,13 @@ pub fn now(format: &str) -> Result<(u64, String), String> {
     Ok((now.timestamp_millis().max(0) as u64, text))
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -1261,19 +1261,14 @@ pub fn catalogue() -> Vec<Case> {
             Open,
             one(0, Message::Stat { path: "hello.txt" }),
             err(0, C::BAD_REQUEST_ID, "0", Stays),
-        )
-        .device(Expect::Reply {
-            id: 0,
-            kind: Kind::StatReply,
-        }),
+        ),
         case(
             "request id reused while in flight",
             Plain,
             Open,
             Act::Script(s_reused_id),
             err(9, C::BAD_REQUEST_ID, "in use", Stays),
-        )
-        .device(err(9, C::BUSY, "one request at a time", Stays)),
+        ),
         case(
             "a reply kind sent by the client (Pong)",
             Plain,
@@ -1319,16 +1314,14 @@ pub fn catalogue() -> Vec<Case> {
                 },
             ),
             err(5, C::UNEXPECTED, "Error", Stays),
-        )
-        .device(Expect::Nothing),
+        ),
         case(
             "Data for no upload",
             Plain,
             Open,
             frames(vec![(77, Message::Data, b"stray".to_vec())]),
             err(77, C::BAD_REQUEST_ID, "not an upload", Stays),
-        )
-        .device(err(77, C::UNEXPECTED, "no upload", Stays)),
+        ),
         case(
             "Done for no upload",
             Plain,
@@ -1341,8 +1334,7 @@ pub fn catalogue() -> Vec<Case> {
                 },
             ),
             err(78, C::BAD_REQUEST_ID, "not an upload", Stays),
-        )
-        .device(err(78, C::UNEXPECTED, "no upload", Stays)),
+        ),
         case(
             "Cancel of an unknown request",
             Plain,
@@ -1403,8 +1395,7 @@ pub fn catalogue() -> Vec<Case> {
                 },
             ),
             err(5, C::PATH_REFUSED, "absolute", Stays),
-        )
-        .device(err(5, C::PATH_REFUSED, "flat", Stays)),
+        ),
         case(
             "path //etc/passwd",
             Plain,
@@ -1417,8 +1408,7 @@ pub fn catalogue() -> Vec<Case> {
                 },
             ),
             err(5, C::PATH_REFUSED, "absolute", Stays),
-        )
-        .device(err(5, C::PATH_REFUSED, "flat", Stays)),
+        ),
         case(
             "backslash separators",
             Plain,
@@ -1431,8 +1421,7 @@ pub fn catalogue() -> Vec<Case> {
                 },
             ),
             err(5, C::PATH_REFUSED, "backslash", Stays),
-        )
-        .device(err(5, C::NOT_FOUND, "no such file", Stays)),
+        ),
         case(
             "percent-encoded ../ is a literal name",
             Plain,
@@ -1468,8 +1457,7 @@ pub fn catalogue() -> Vec<Case> {
                 },
             ),
             err(5, C::PATH_REFUSED, "control", Stays),
-        )
-        .device(err(5, C::PATH_REFUSED, "invalid path", Stays)),
+        ),
         case(
             "control characters in a path",
             Plain,
@@ -1481,8 +1469,7 @@ pub fn catalogue() -> Vec<Case> {
                 },
             ),
             err(5, C::PATH_REFUSED, "control", Stays),
-        )
-        .device(err(5, C::PATH_REFUSED, "invalid path", Stays)),
+        ),
         case(
             "a 256-byte name",
             Plain,
@@ -1490,7 +1477,7 @@ pub fn catalogue() -> Vec<Case> {
             Act::Script(|p, _| put(p, &"n".repeat(256), b"x")),
             err(40, C::PATH_REFUSED, "255", Stays),
         )
-        .device(err(40, C::TOO_LARGE, "48 bytes", Stays)),
+        .device(err(40, C::PATH_REFUSED, "limit of 48 bytes", Stays)),
         case(
             "a 5000-byte path",
             Plain,
@@ -1514,8 +1501,7 @@ pub fn catalogue() -> Vec<Case> {
             Open,
             Act::Script(|p, _| put(p, ".x.tether-part", b"x")),
             err(40, C::PATH_REFUSED, "reserved", Stays),
-        )
-        .device(Expect::Ok),
+        ),
         case(
             "get of a missing file",
             Plain,

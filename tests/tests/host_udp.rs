@@ -95,7 +95,7 @@ fn too_large_for_a_datagram_is_refused_not_truncated() {
     let e = text(&o.stderr);
     assert!(e.contains("1472") && e.contains("shorten"), "{e}");
     // A reply that would not fit: the server answers TOO_LARGE.
-    let fmt = "%c".repeat(300);
+    let fmt = "%s".repeat(300);
     let o = run(&["time", &s.host(), &fmt]);
     assert_eq!(o.status.code(), Some(1));
     let e = text(&o.stderr);

@@ -729,7 +729,7 @@ fn sealed_cases() -> Vec<(&'static str, Sealed, Expect)> {
         v(
             "Data for no upload",
             |c| seal(c, Header::new(49, Message::Data), b"abc"),
-            Error(49, ErrorCode::UNEXPECTED),
+            Error(49, ErrorCode::BAD_REQUEST_ID),
         ),
         v(
             "Done for no upload",
@@ -746,7 +746,7 @@ fn sealed_cases() -> Vec<(&'static str, Sealed, Expect)> {
                     &[],
                 )
             },
-            Error(50, ErrorCode::UNEXPECTED),
+            Error(50, ErrorCode::BAD_REQUEST_ID),
         ),
         v(
             "Data with a wrong request id during a Put",
@@ -754,7 +754,7 @@ fn sealed_cases() -> Vec<(&'static str, Sealed, Expect)> {
                 start_put(c, 51, "wrongid.bin", 3);
                 seal(c, Header::new(52, Message::Data), b"abc")
             },
-            Error(52, ErrorCode::UNEXPECTED),
+            Error(52, ErrorCode::BAD_REQUEST_ID),
         ),
         v(
             "Cancel of an unknown request",
@@ -776,7 +776,7 @@ fn sealed_cases() -> Vec<(&'static str, Sealed, Expect)> {
                     &[],
                 )
             },
-            Ignored,
+            Error(54, ErrorCode::UNEXPECTED),
         ),
         v(
             "a reply kind (Pong)",
@@ -928,7 +928,7 @@ fn sealed_cases() -> Vec<(&'static str, Sealed, Expect)> {
         v(
             "backslashes ..\\..\\x (a flat name)",
             |c| seal(c, Header::new(67, Message::Stat { path: "..\\..\\x" }), &[]),
-            Error(67, ErrorCode::NOT_FOUND),
+            Error(67, ErrorCode::PATH_REFUSED),
         ),
         v(
             "a 49-byte name (past the store's 48)",
@@ -948,7 +948,7 @@ fn sealed_cases() -> Vec<(&'static str, Sealed, Expect)> {
                     &[],
                 )
             },
-            Error(68, ErrorCode::TOO_LARGE),
+            Error(68, ErrorCode::PATH_REFUSED),
         ),
         v(
             "a 400-byte name",
@@ -956,7 +956,7 @@ fn sealed_cases() -> Vec<(&'static str, Sealed, Expect)> {
                 let name = "n".repeat(400);
                 seal(c, Header::new(69, Message::Stat { path: &name }), &[])
             },
-            Error(69, ErrorCode::NOT_FOUND),
+            Error(69, ErrorCode::PATH_REFUSED),
         ),
         v(
             "a Put larger than the store",
@@ -1073,7 +1073,7 @@ fn sealed_cases() -> Vec<(&'static str, Sealed, Expect)> {
                     Header::new(
                         76,
                         Message::Put {
-                            path: "/",
+                            path: ".",
                             size: 1,
                             force: true,
                             resume: false,
@@ -1136,7 +1136,7 @@ fn sealed_cases() -> Vec<(&'static str, Sealed, Expect)> {
         v(
             "Remove of the root",
             |c| seal(c, Header::new(82, Message::Remove { path: "." }), &[]),
-            Error(82, ErrorCode::IS_DIRECTORY),
+            Error(82, ErrorCode::PATH_REFUSED),
         ),
         v(
             "Get of a missing file",
@@ -1164,27 +1164,31 @@ fn sealed_cases() -> Vec<(&'static str, Sealed, Expect)> {
             Error(84, ErrorCode::TOO_LARGE),
         ),
         v(
-            "a second request while one runs",
+            "more requests than max_requests",
             |c| {
-                let mut f = seal(
-                    c,
-                    Header::new(
-                        85,
-                        Message::Get {
-                            path: "keep.bin",
-                            offset: 0,
-                        },
-                    ),
-                    &[],
-                );
+                let get = |c: &mut Client<VirtualTcp<'_>>, id| {
+                    seal(
+                        c,
+                        Header::new(
+                            id,
+                            Message::Get {
+                                path: "keep.bin",
+                                offset: 0,
+                            },
+                        ),
+                        &[],
+                    )
+                };
+                let mut f = get(c, 85);
+                f.extend(get(c, 86));
                 f.extend(seal(
                     c,
-                    Header::new(86, Message::Stat { path: "keep.bin" }),
+                    Header::new(87, Message::Stat { path: "keep.bin" }),
                     &[],
                 ));
                 f
             },
-            Error(86, ErrorCode::BUSY),
+            Error(87, ErrorCode::BUSY),
         ),
     ]
 }

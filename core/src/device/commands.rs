@@ -151,7 +151,10 @@ pub struct Ctx<'a> {
     pub stats: Stats,
     /// The file store.
     pub store: &'a mut dyn Store,
-    /// RAM use of the session running the command, and the firmware's own lines.
+    /// Uploads in progress on any connection (the store's other temporary
+    /// slots are interrupted uploads kept for resuming).
+    pub uploads: usize,
+    /// RAM use of the connection running the command, and the firmware's own lines.
     pub mem: MemReport<'a>,
     pub(crate) led: &'a mut bool,
     pub(crate) led_changed: &'a mut bool,
@@ -275,7 +278,7 @@ fn uptime(_: &mut (), ctx: &mut Ctx<'_>, _: &[&str], out: &mut Output<'_>) -> i3
     );
     if let Some(unix) = ctx.unix_ms {
         let mut b = [0u8; 24];
-        if let Some(t) = super::clock::format_time(unix, "", &mut b) {
+        if let Ok(t) = crate::time::format_time(unix, "", &mut b) {
             let _ = write!(out, ", now {t}");
         }
     }
@@ -285,14 +288,14 @@ fn uptime(_: &mut (), ctx: &mut Ctx<'_>, _: &[&str], out: &mut Output<'_>) -> i3
 
 fn mem(_: &mut (), ctx: &mut Ctx<'_>, _: &[&str], out: &mut Output<'_>) -> i32 {
     let m = ctx.mem;
-    let s = m.session;
+    let s = m.conn;
     let _ = writeln!(
         out,
-        "session: {} B = header buffer {} + tx buffer {} ({} queued) + output buffer {} + state {}",
+        "connection: {} B = header buffer {} + staging buffer {} ({} queued) + output buffer {} + state {}",
         s.total(),
         s.header_buf,
-        s.tx_buf,
-        s.tx_queued,
+        s.staging_buf,
+        s.queued,
         s.output_buf,
         s.state
     );
@@ -300,10 +303,11 @@ fn mem(_: &mut (), ctx: &mut Ctx<'_>, _: &[&str], out: &mut Output<'_>) -> i32 {
         let _ = writeln!(out, "{what}: {bytes} B");
     }
     let u = ctx.store.usage();
+    let kept = (u.pending as usize).saturating_sub(ctx.uploads);
     let _ = writeln!(
         out,
-        "store: {} of {} B used, {} of {} files, {} upload(s) in progress",
-        u.used, u.capacity, u.files, u.max_files, u.pending
+        "store: {} of {} B used, {} of {} files, {} upload(s) in progress, {kept} kept for resuming",
+        u.used, u.capacity, u.files, u.max_files, ctx.uploads
     );
     0
 }

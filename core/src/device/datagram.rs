@@ -1,17 +1,13 @@
 //! The UDP service: a thin wrapper over the shared [`crate::datagram`]
-//! service with the device's clock, `strftime` and statistics.
+//! service with the device's clock and statistics.
 
-use crate::datagram::{answer, TimeError, TimeSource};
+use crate::datagram::{answer, TimeSource};
+use crate::time::{format_time, TimeError, TIME_TEXT_MAX};
 
-pub(crate) use crate::datagram::encode_echo_reply;
-
-use super::clock::{format_time, Clock};
+use super::clock::Clock;
 use super::commands::Commands;
 use super::store::Store;
 use super::Device;
-
-/// Longest formatted time a device sends.
-pub(crate) const TIME_TEXT_MAX: usize = 128;
 
 /// The device's time for one datagram: its clock at that moment and
 /// [`format_time`] into a [`TIME_TEXT_MAX`]-byte buffer.
@@ -22,7 +18,7 @@ struct DeviceTime {
 
 impl TimeSource for DeviceTime {
     fn time(&mut self, format: &str) -> Result<(u64, &str), TimeError> {
-        let text = format_time(self.unix_ms, format, &mut self.buf).ok_or(TimeError::TooLong)?;
+        let text = format_time(self.unix_ms, format, &mut self.buf)?;
         Ok((self.unix_ms, text))
     }
 }

@@ -1,108 +1,84 @@
-//! Serving tether on a device: `no_std`, no heap, sans-IO.
+//! What a device supplies to the server engine, and the engine driven by
+//! it: `no_std`, no heap, sans-IO.
 //!
-//! A [`Device`] holds what every connection shares: the file [`Store`], the
-//! [`Clock`], the firmware's [`Commands`], counters and the simulated LED.
-//! Each TCP connection gets a [`Session`], whose buffers the caller owns.
-//! UDP datagrams are answered by [`Device::handle_datagram`]. Neither owns a
+//! A device supplies a file [`Store`] (over flash on a real board), a
+//! [`Clock`] and its [`Commands`]; a [`Device`] holds them with what every
+//! connection shares (counters, the back-off table, the uploads in
+//! progress, the simulated LED). Each connection (TCP, or a serial line) is
+//! a [`DeviceConn`]: the protocol's [`ServerConn`](crate::server::ServerConn)
+//! engine, with the device's [`Backend`](crate::server::Backend), which
+//! does every operation at once, in the call that asks for it. UDP
+//! datagrams are answered by [`Device::handle_datagram`]. Nothing owns a
 //! socket or reads a clock: the caller passes received bytes and its
 //! monotonic time in milliseconds (`now_ms`), and sends what they produce.
 //!
 //! # Call order
 //! ```text
 //! boot:        dev = Device::new(config, store, clock, commands, now_ms)
-//! accept:      session.handle_accept(&mut dev, peer, nonce, now_ms)
+//! accept:      conn.handle_accept(&mut dev, peer, nonce, now_ms)
 //! loop, for each connection:
-//!   n = session.handle_bytes(&mut dev, received, now_ms)   // drop n bytes from the receive queue;
-//!                                                           // the rest stays queued (backpressure)
-//!   n = session.poll_transmit(&mut dev, send_space, now_ms) // send those n bytes
+//!   n = conn.handle_bytes(&mut dev, received, now_ms)   // drop n bytes from the receive queue;
+//!                                                        // the rest stays queued (backpressure)
+//!   n = conn.poll_transmit(&mut dev, send_space, now_ms) // send those n bytes
 //!   repeat both while either makes progress
-//!   session.handle_timeout(&mut dev, now_ms)               // deadlines (wake at poll_timeout())
-//!   if session.poll_close() { close the connection }
-//! connection ended (either side): session.handle_close(&mut dev)
+//!   conn.handle_timeout(&mut dev, now_ms)               // deadlines (wake at poll_timeout())
+//!   if conn.poll_close() { close the connection }
+//! connection ended (either side): conn.handle_close(&mut dev)
 //! datagram:    n = dev.handle_datagram(datagram, now_ms, reply_buf); send reply_buf[..n] if n > 0
 //! always:      while let Some(ev) = dev.poll_event() { drive the LED pin; on Reboot flush,
-//!              then dev.handle_reboot(now_ms) and reset every session (or reset the MCU) }
+//!              then dev.handle_reboot(now_ms) and reset every connection (or reset the MCU) }
 //! ```
 //!
-//! # Semantics a client can rely on
-//! * A connection opens with Hello → HelloAck (limits from
-//!   [`handshake::negotiate`](crate::handshake::negotiate), as on the host)
-//!   or Error, then the connection closes.
-//! * With a key in [`Config::key`] the device requires authentication
-//!   ([`handshake::ServerHandshake`](crate::handshake::ServerHandshake), the
-//!   same state machine as the host): a Hello without AUTH_PSK and SEAL is
-//!   answered `AUTH_REQUIRED`; after HelloAck the next frame must be a valid
-//!   Auth: anything else gets `AUTH_REQUIRED` (with its request id), a wrong
-//!   proof `AUTH_FAILED`, and the connection closes. After AuthOk every frame
-//!   both ways is sealed; a frame that is unsealed or whose tag fails
-//!   (replayed, reordered, altered, spliced, cut short) gets `INTEGRITY` and
-//!   the connection closes. A sealed frame is acted on only once its tag
-//!   verified; upload data is written to the temporary slot as it streams
-//!   in, but nothing is committed before the Done frame's tag verified.
-//! * A peer whose Auth failed is refused (`BUSY`, at its next Hello) for a
-//!   back-off that doubles per failure ([`backoff`]).
-//! * Deadlines ([`Session::handle_timeout`]): the handshake (Hello, and Auth
-//!   when keyed) must complete within [`Config::handshake_timeout_ms`] of
-//!   the accept; an open connection that moves no byte either way for
-//!   [`Config::idle_timeout_ms`] is closed (Error `TIMEOUT`); a connection
-//!   whose final Error cannot be delivered is dropped after
-//!   [`CLOSE_GRACE_MS`].
-//! * One request runs at a time per connection. While one runs, Ping is
-//!   answered, Cancel of the running request is honoured between frames
-//!   (Get and List end with Error CANCELLED, Exec with Exit Cancelled, Put
-//!   discards the upload and ends with Error CANCELLED), and any other
-//!   request is answered Error BUSY.
-//! * Exec runs a built-in or firmware command ([`commands`]); an unknown
-//!   name is answered Error EXEC_FAILED naming it. There is no
-//!   shell: a `Command::Shell` line is split on whitespace and run as argv.
-//!   `timeout_ms` is ignored (commands run to completion at once).
-//! * Files live in a flat namespace; paths may start with `/` or `./`; the
-//!   root (`""`, `/` or `.`) is the only directory.
-//! * Put reserves a temporary slot of the announced size (NO_SPACE if the
-//!   store cannot hold it; replacing a file needs room for both copies
-//!   until the commit), hashes while receiving, and commits only when the
-//!   client's Done carries the matching SHA-256. Resume is not offered:
-//!   PutReady.offset is always 0.
-//! * A frame that fails to decode gets Error (id 0) and the connection is
-//!   closed; a header that fails to parse gets Error with its request id and
-//!   the connection goes on.
+//! # What the device announces
+//! The engine states the protocol's rules; what is the device's own is
+//! announced in HelloAck: a flat namespace (no `DIRS`: one name, at most
+//! the store's [`Store::max_name`] bytes), `RESUME` (an interrupted upload's
+//! temporary slot is kept until it completes, is replaced, or the device
+//! reboots; it is evicted when the space is needed), `max_requests` = the
+//! connection's `N` (2 by default: a Ping, a Cancel or a Stat while a Get
+//! streams). Commands are built-in functions ([`commands`]) that run to
+//! completion at once; their output is kept in the connection's output
+//! buffer (cut, with a note, where it does not fit) and one command runs
+//! at a time per connection. A shell line is split on whitespace.
 //!
 //! # RAM
-//! Per connection: the three caller buffers (header ≥ negotiated
-//! `max_header`; tx ≥ `max_header + 48`; output, which holds a command's
-//! output and scratch) plus the [`Session`] itself (≈ 900 bytes on a 64-bit
-//! host: decoder state, a SHA-256 state and the request in progress, the
-//! handshake or the two sealing keys, and one HMAC state per direction for
-//! the frame in flight). The [`Device`] is ≈ 300 bytes (config, counters,
-//! the back-off table) plus the store. UDP needs one reply buffer of
-//! [`MAX_DATAGRAM`](crate::MAX_DATAGRAM) bytes. Nothing is allocated.
+//! Per connection: the caller's buffers (header ≥ negotiated `max_header`;
+//! staging ≥ `max_header + 64`; output, which holds a command's output)
+//! plus the [`DeviceConn`] itself (decoder, handshake or session keys, the
+//! request slots with a SHA-256 state each; `mem` prints the sizes). The
+//! [`Device`] is a few hundred bytes plus the store. UDP needs one reply
+//! buffer of [`MAX_DATAGRAM`](crate::MAX_DATAGRAM) bytes. Nothing is
+//! allocated.
 //!
 //! UDP datagrams are never authenticated (section 2.3 of PROTOCOL.md): they
 //! serve Ping, Echo and Time only, which change nothing and reveal liveness
 //! and the clock. A firmware that wants no unauthenticated service simply
 //! opens no UDP socket.
 
-pub mod backoff;
+mod backend;
 pub mod clock;
 pub mod commands;
+mod conn;
 mod datagram;
-mod session;
 pub mod store;
 
-pub use backoff::{Backoff, Peer};
+pub use crate::server::{Peer, CLOSE_GRACE_MS};
 pub use clock::{Clock, NoWallClock, OffsetClock};
 pub use commands::{Cmd, Commands, Ctx, Output, Table};
-pub use session::Session;
+pub use conn::DeviceConn;
 pub use store::{FileId, RamStore, Store, StoreError};
 
 use core::fmt;
 
 use crate::handshake::KEY_LEN;
 use crate::message::Caps;
+use crate::server::{Backoff, BackoffPolicy, ServerConfig};
 
-/// A connection whose final Error cannot be delivered (the peer does not
-/// read) is dropped this long after the error, in milliseconds.
-pub const CLOSE_GRACE_MS: u64 = 2_000;
+/// How many peers the back-off table tracks.
+pub const BACKOFF_PEERS: usize = 4;
+
+/// Most uploads in progress at once, over all connections.
+pub const MAX_UPLOADS: usize = 4;
 
 /// What a device announces and accepts.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -114,7 +90,8 @@ pub struct Config {
     /// Largest body per frame, both directions. Received Data goes straight
     /// to the store and sent Data straight from it, so this costs no RAM.
     pub max_chunk: u32,
-    /// Capabilities offered in HelloAck.
+    /// Capabilities offered in HelloAck (`EXEC`, `SHELL`, `FILES`,
+    /// `WRITE`; `RESUME` is always added, `DIRS` never: the store is flat).
     pub caps: Caps,
     /// Extra lines for the `mem` command: the firmware's own RAM use
     /// (socket buffers, say), as (what, bytes).
@@ -203,33 +180,33 @@ pub struct Stats {
     pub timeouts: u64,
 }
 
-/// RAM used by one session, as reported by `mem`.
+/// RAM used by one connection, as reported by `mem`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SessionMem {
+pub struct ConnMem {
     /// Header buffer bytes.
     pub header_buf: usize,
-    /// Transmit buffer bytes.
-    pub tx_buf: usize,
-    /// Bytes waiting in the transmit buffer.
-    pub tx_queued: usize,
+    /// Staging buffer bytes.
+    pub staging_buf: usize,
+    /// Bytes waiting in the staging buffer.
+    pub queued: usize,
     /// Output buffer bytes.
     pub output_buf: usize,
-    /// The session struct itself.
+    /// The [`DeviceConn`] itself.
     pub state: usize,
 }
 
-impl SessionMem {
+impl ConnMem {
     /// Everything.
     pub fn total(&self) -> usize {
-        self.header_buf + self.tx_buf + self.output_buf + self.state
+        self.header_buf + self.staging_buf + self.output_buf + self.state
     }
 }
 
 /// What `mem` reports.
 #[derive(Debug, Clone, Copy)]
 pub struct MemReport<'a> {
-    /// The session running the command.
-    pub session: SessionMem,
+    /// The connection running the command.
+    pub conn: ConnMem,
     /// The firmware's lines from [`Config::extra_ram`].
     pub extra: &'a [(&'static str, usize)],
 }
@@ -256,7 +233,9 @@ pub struct Device<S, C, K> {
     pub commands: K,
     config: Config,
     stats: Stats,
-    backoff: Backoff,
+    backoff: Backoff<BACKOFF_PEERS>,
+    /// Temporary slots of the uploads in progress (claimed by a connection).
+    uploads: [Option<FileId>; MAX_UPLOADS],
     led: bool,
     led_changed: bool,
     reboot: bool,
@@ -283,7 +262,8 @@ impl<S: Store, C: Clock, K: Commands> Device<S, C, K> {
             commands,
             config,
             stats: Stats::default(),
-            backoff: Backoff::new(),
+            backoff: Backoff::new(BackoffPolicy::DEVICE),
+            uploads: [None; MAX_UPLOADS],
             led: false,
             led_changed: false,
             reboot: false,
@@ -299,6 +279,7 @@ impl<S: Store, C: Clock, K: Commands> Device<S, C, K> {
         self.store.recover();
         self.stats = Stats::default();
         self.backoff.clear();
+        self.uploads = [None; MAX_UPLOADS];
         self.led_changed = self.led;
         self.led = false;
         self.reboot = false;
@@ -316,8 +297,27 @@ impl<S: Store, C: Clock, K: Commands> Device<S, C, K> {
     }
 
     /// The back-off table (peers whose authentication failed).
-    pub fn backoff(&self) -> &Backoff {
+    pub fn backoff(&self) -> &Backoff<BACKOFF_PEERS> {
         &self.backoff
+    }
+
+    /// What the engine serves each connection with: the configuration,
+    /// the store's name limit, a flat namespace, resume.
+    pub fn server_config(&self) -> ServerConfig {
+        let c = &self.config;
+        let max_name = self.store.max_name().min(usize::from(u16::MAX)) as u16;
+        ServerConfig {
+            agent: c.agent,
+            max_header: c.max_header,
+            max_chunk: c.max_chunk,
+            caps: Caps((c.caps.0 | Caps::RESUME.0) & !Caps::DIRS.0),
+            max_name,
+            max_path: max_name,
+            key: c.key,
+            handshake_timeout_ms: c.handshake_timeout_ms,
+            idle_timeout_ms: c.idle_timeout_ms,
+            allowed_commands: None,
+        }
     }
 
     /// The LED's state.
@@ -359,6 +359,7 @@ impl<S: Store, C: Clock, K: Commands> Device<S, C, K> {
                 uptime_ms,
                 unix_ms,
                 stats: self.stats,
+                uploads: self.uploads.iter().filter(|u| u.is_some()).count(),
                 store: &mut self.store,
                 mem,
                 led: &mut self.led,
@@ -367,68 +368,6 @@ impl<S: Store, C: Clock, K: Commands> Device<S, C, K> {
             },
             &mut self.commands,
         )
-    }
-}
-
-/// A short message built with `write!`, cut at [`Msg::CAP`] bytes.
-pub(crate) struct Msg {
-    buf: [u8; Msg::CAP],
-    len: usize,
-}
-
-impl Msg {
-    pub(crate) const CAP: usize = 96;
-
-    pub(crate) fn new() -> Self {
-        Msg {
-            buf: [0; Msg::CAP],
-            len: 0,
-        }
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        // Only whole characters are ever appended.
-        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
-    }
-}
-
-impl fmt::Write for Msg {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        for ch in s.chars() {
-            let n = ch.len_utf8();
-            if self.len + n > Msg::CAP {
-                break;
-            }
-            ch.encode_utf8(&mut self.buf[self.len..]);
-            self.len += n;
-        }
-        Ok(())
-    }
-}
-
-/// `format_args!` into a [`Msg`].
-pub(crate) fn msg(args: fmt::Arguments<'_>) -> Msg {
-    let mut m = Msg::new();
-    let _ = fmt::Write::write_fmt(&mut m, args);
-    m
-}
-
-/// Normalise a request path to a store name: `Ok(None)` is the root.
-pub(crate) fn normalize(path: &str) -> Result<Option<&str>, ()> {
-    let mut p = path;
-    loop {
-        if let Some(rest) = p.strip_prefix('/') {
-            p = rest;
-        } else if let Some(rest) = p.strip_prefix("./") {
-            p = rest;
-        } else {
-            break;
-        }
-    }
-    match p {
-        "" | "." => Ok(None),
-        _ if p == ".." || p.contains('/') || p.bytes().any(|b| b < 0x20 || b == 0x7f) => Err(()),
-        _ => Ok(Some(p)),
     }
 }
 

@@ -7,7 +7,9 @@
 //! slot of the announced size, [`Store::write`] fills it, and only
 //! [`Store::commit`] makes it visible under its name, replacing an older file
 //! of that name in one step. [`Store::discard`] (or a reboot, via
-//! [`Store::recover`]) drops a temporary slot without a trace.
+//! [`Store::recover`]) drops a temporary slot without a trace. A temporary
+//! slot whose upload was interrupted stays until then, so the upload can
+//! resume ([`Store::partial`]).
 
 use core::fmt;
 
@@ -28,6 +30,21 @@ pub struct FileMeta<'a> {
     pub size: u64,
     /// Modification time, seconds since the Unix epoch (0 if unknown).
     pub modified: u64,
+    /// Changes whenever the file behind the id changes (replaced, removed,
+    /// the id reused): a reader compares it to notice a file that changed
+    /// while it was being sent.
+    pub generation: u32,
+}
+
+/// A temporary slot kept from an interrupted upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partial {
+    /// The slot.
+    pub id: FileId,
+    /// The size reserved (the upload's announced size).
+    pub size: u64,
+    /// Bytes written from offset 0 without a gap.
+    pub written: u64,
 }
 
 /// How full a store is.
@@ -137,6 +154,14 @@ pub trait Store {
     fn read(&self, id: FileId, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError>;
     /// Reserve a temporary slot of exactly `size` bytes for an upload to `name`.
     fn begin(&mut self, name: &str, size: u64) -> Result<FileId, StoreError>;
+    /// The temporary slot of an upload to `name`, if one is kept.
+    fn partial(&self, name: &str) -> Option<Partial>;
+    /// The temporary slot after `after` in the store's order (the first
+    /// one for `None`): to evict kept partials when space runs out.
+    fn next_partial(&self, after: Option<FileId>) -> Option<FileId>;
+    /// Read bytes of a temporary slot from `offset` (the kept prefix of an
+    /// interrupted upload); returns how many.
+    fn read_partial(&self, tmp: FileId, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError>;
     /// Write bytes of a temporary slot at `offset`.
     fn write(&mut self, tmp: FileId, offset: u64, data: &[u8]) -> Result<(), StoreError>;
     /// Make a temporary slot the file of its name, atomically replacing an
@@ -165,6 +190,9 @@ struct Slot {
     start: usize,
     len: usize,
     modified: u64,
+    /// A temporary slot: bytes written from 0 without a gap.
+    written: usize,
+    generation: u32,
 }
 
 impl Slot {
@@ -174,7 +202,15 @@ impl Slot {
         start: 0,
         len: 0,
         modified: 0,
+        written: 0,
+        generation: 0,
     };
+
+    /// Change the slot's state (every change is a new generation).
+    fn set(&mut self, state: SlotState) {
+        self.state = state;
+        self.generation = self.generation.wrapping_add(1);
+    }
 }
 
 /// A store in a caller-owned byte arena `B` with at most `FILES` files.
@@ -298,6 +334,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const FILES: usize> Store for RamStore<B, FIL
             name: &s.name,
             size: s.len as u64,
             modified: s.modified,
+            generation: s.generation,
         })
     }
 
@@ -348,14 +385,49 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const FILES: usize> Store for RamStore<B, FIL
         // Fits: checked against NAME_MAX above.
         n.push_str(name)
             .map_err(|_| StoreError::NameTooLong { max: NAME_MAX })?;
+        let generation = self.slots[i].generation;
         self.slots[i] = Slot {
-            state: SlotState::Temp,
+            state: SlotState::Free,
             name: n,
             start,
             len: size,
             modified: 0,
+            written: 0,
+            generation,
         };
+        self.slots[i].set(SlotState::Temp);
         Ok(i as FileId)
+    }
+
+    fn partial(&self, name: &str) -> Option<Partial> {
+        let i = self
+            .slots
+            .iter()
+            .position(|s| s.state == SlotState::Temp && s.name == name)?;
+        let s = &self.slots[i];
+        Some(Partial {
+            id: i as FileId,
+            size: s.len as u64,
+            written: s.written as u64,
+        })
+    }
+
+    fn next_partial(&self, after: Option<FileId>) -> Option<FileId> {
+        let from = after.map_or(0, |a| usize::from(a) + 1);
+        (from..FILES)
+            .find(|&i| self.slots[i].state == SlotState::Temp)
+            .map(|i| i as FileId)
+    }
+
+    fn read_partial(&self, tmp: FileId, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {
+        let s = self.slot(tmp, SlotState::Temp)?;
+        if offset >= s.written as u64 {
+            return Ok(0);
+        }
+        let off = offset as usize;
+        let n = buf.len().min(s.written - off);
+        buf[..n].copy_from_slice(&self.arena.as_ref()[s.start + off..s.start + off + n]);
+        Ok(n)
     }
 
     fn write(&mut self, tmp: FileId, offset: u64, data: &[u8]) -> Result<(), StoreError> {
@@ -365,7 +437,12 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const FILES: usize> Store for RamStore<B, FIL
             return Err(StoreError::OutOfRange);
         }
         let at = s.start + offset as usize;
+        let contiguous = offset as usize <= s.written;
         self.arena.as_mut()[at..at + data.len()].copy_from_slice(data);
+        let s = &mut self.slots[usize::from(tmp)];
+        if contiguous {
+            s.written = s.written.max(offset as usize + data.len());
+        }
         Ok(())
     }
 
@@ -376,9 +453,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const FILES: usize> Store for RamStore<B, FIL
             if !replace {
                 return Err(StoreError::Exists);
             }
-            self.slots[usize::from(old)].state = SlotState::Free;
+            self.slots[usize::from(old)].set(SlotState::Free);
         }
-        self.slots[t].state = SlotState::File;
+        self.slots[t].set(SlotState::File);
         self.slots[t].modified = modified;
         Ok(())
     }
@@ -386,21 +463,21 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const FILES: usize> Store for RamStore<B, FIL
     fn discard(&mut self, tmp: FileId) {
         if let Some(s) = self.slots.get_mut(usize::from(tmp)) {
             if s.state == SlotState::Temp {
-                s.state = SlotState::Free;
+                s.set(SlotState::Free);
             }
         }
     }
 
     fn remove(&mut self, id: FileId) -> Result<(), StoreError> {
         self.slot(id, SlotState::File)?;
-        self.slots[usize::from(id)].state = SlotState::Free;
+        self.slots[usize::from(id)].set(SlotState::Free);
         Ok(())
     }
 
     fn recover(&mut self) {
         for s in &mut self.slots {
             if s.state == SlotState::Temp {
-                s.state = SlotState::Free;
+                s.set(SlotState::Free);
             }
         }
     }
@@ -501,6 +578,41 @@ mod test {
             }
         );
         assert_eq!(s.commit(t, 0, true), Err(StoreError::NotFound));
+    }
+
+    #[test]
+    fn a_partial_upload_is_kept_and_readable_until_discarded() {
+        let mut s = RamStore::<_, 4>::new([0u8; 32]);
+        let t = s.begin("up", 10).unwrap();
+        s.write(t, 0, b"hello").unwrap();
+        s.write(t, 8, b"xy").unwrap(); // after a gap: not counted
+        assert_eq!(
+            s.partial("up"),
+            Some(Partial {
+                id: t,
+                size: 10,
+                written: 5
+            })
+        );
+        let mut b = [0u8; 8];
+        assert_eq!(s.read_partial(t, 0, &mut b).unwrap(), 5);
+        assert_eq!(&b[..5], b"hello");
+        assert_eq!(s.find("up"), None, "invisible until committed");
+        s.discard(t);
+        assert_eq!(s.partial("up"), None);
+    }
+
+    #[test]
+    fn generations_change_with_the_file() {
+        let mut s = RamStore::<_, 4>::new([0u8; 32]);
+        let a = put(&mut s, "a", b"1").unwrap();
+        let g = s.meta(a).unwrap().generation;
+        let b = put(&mut s, "a", b"2").unwrap();
+        assert!(a != b || s.meta(b).unwrap().generation != g);
+        assert_eq!(
+            s.meta(a).map(|m| m.generation == g),
+            if a == b { Some(false) } else { None }
+        );
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! around the core's shared service, [`tether_proto::datagram::answer`],
 //! which owns the protocol (refusals, replies, the anti-amplification rule:
 //! a reply is at most the request plus [`datagram::SLACK`] bytes, and
-//! replies are never answered). The host only brings its clock: chrono's
-//! `strftime`.
+//! replies are never answered). The host only brings its clock; the
+//! format dialect is the core's, the same on every peer.
 
 use std::sync::Arc;
 
@@ -13,23 +13,25 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use crate::timefmt;
+/// The host's time: the system clock, formatted by the core.
+#[derive(Debug)]
+pub struct HostTime([u8; tether_proto::time::TIME_TEXT_MAX]);
 
-/// The host's time: the current UTC time formatted by chrono.
-#[derive(Debug, Default)]
-pub struct ChronoTime(String);
-
-impl TimeSource for ChronoTime {
+impl TimeSource for HostTime {
     fn time(&mut self, format: &str) -> Result<(u64, &str), TimeError> {
-        let (ms, text) = timefmt::now(format).map_err(|_| TimeError::BadFormat)?;
-        self.0 = text;
-        Ok((ms, &self.0))
+        let ms = crate::timefmt::unix_ms();
+        let text = tether_proto::time::format_time(ms, format, &mut self.0)?;
+        Ok((ms, text))
     }
 }
 
 /// Answer one datagram into `out` with the host's clock.
 pub fn answer(dgram: &[u8], out: &mut [u8]) -> Answer {
-    datagram::answer(dgram, out, &mut ChronoTime::default())
+    datagram::answer(
+        dgram,
+        out,
+        &mut HostTime([0; tether_proto::time::TIME_TEXT_MAX]),
+    )
 }
 
 /// A log line for one answer: the outcome and, for an Error, its text.
@@ -158,14 +160,14 @@ mod tests {
             let (n, what) = ask(&request(m), &mut out);
             assert_eq!(n, 0, "{what}");
         }
-        // "%c" is 2 bytes of format and 24 of text: fine once, refused when
+        // "%s" is 2 bytes of format and 10 of text: fine once, refused when
         // repeated past the slack.
-        let (n, what) = ask(&request(Message::Time { format: "%c" }), &mut out);
+        let (n, what) = ask(&request(Message::Time { format: "%s" }), &mut out);
         assert!(what.ends_with("ok"), "{what}");
         assert!(n > 0);
         let (_, what) = ask(
             &request(Message::Time {
-                format: &"%c".repeat(8),
+                format: &"%s".repeat(12),
             }),
             &mut out,
         );
