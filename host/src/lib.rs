@@ -21,8 +21,8 @@
 //!   network side sends or receives: never a second pass.
 //! * Files are confined to the served root with `cap-std`.
 //!
-//! Errors are [`Error`] (for clients) and [`server::ReqError`] (what a request
-//! answers); every message says what to do next.
+//! Errors are [`Error`] (for clients) and [`server::files::Fail`] (what a
+//! request answers); every message says what to do next.
 
 pub mod addr;
 pub mod client;

@@ -653,7 +653,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Stat { host, path } => {
             let mut sess = connect(host, &copts).await?;
-            let e = fs::stat(&mut sess, path).await?;
+            let mut e = fs::stat(&mut sess, path).await?;
+            // The server names the last component; show the path as asked.
+            if !path.is_empty() {
+                e.name = path.trim_end_matches('/').to_string();
+            }
             println!("{}", fs::format_entry(&e));
             Ok(0)
         }

@@ -1970,7 +1970,7 @@ pub fn catalogue() -> Vec<Case> {
                 Plain,
                 Open,
                 one(5, Message::Remove { path: "" }),
-                err(5, C::IS_DIRECTORY, "root", Stays),
+                err(5, C::PATH_REFUSED, "root", Stays),
             ),
             case(
                 "concurrent puts to one path",

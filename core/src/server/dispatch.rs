@@ -22,7 +22,7 @@ const REPLY_SLACK: usize = PREFIX_LEN + TAG_LEN + 16;
 
 /// What a client without the key is told.
 pub(super) const AUTH_REQUIRED_TEXT: &str =
-    "this server requires a pre-shared key: give the client the server's key (TETHER_KEY_FILE or --key-file)";
+    "this server requires a key: authenticate with its pre-shared key";
 
 /// A received frame as dispatch sees it.
 #[derive(Debug, Clone, Copy)]

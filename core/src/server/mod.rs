@@ -343,9 +343,29 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ServerConn<B, N> {
     }
 
     /// Refuse new requests from now on (`BUSY`: the server is shutting
-    /// down); requests in flight go on.
-    pub fn handle_shutdown(&mut self) {
+    /// down) and stop running commands (they end `Exit{Cancelled}`);
+    /// transfers in flight go on. [`in_flight`](Self::in_flight) says when
+    /// the connection may be closed.
+    pub fn handle_shutdown<K: Backend>(&mut self, bk: &mut K) {
         self.st.draining = true;
+        for i in 0..N {
+            let req = self.st.table.req(i);
+            let slot = &mut self.st.table.slots[i];
+            if let slot::Op::Exec(e) = &mut slot.op {
+                if e.killed.is_none() {
+                    e.killed = Some(Kill::Cancel);
+                    bk.kill(req, Kill::Cancel);
+                }
+            }
+        }
+    }
+
+    /// Refuse the connection just accepted: an Error with request id 0
+    /// (`BUSY` for a server at its connection limit), then close.
+    pub fn handle_refuse<K: Backend>(&mut self, code: ErrorCode, message: &str, bk: &mut K) {
+        if self.st.phase == Phase::Hello {
+            self.st.fatal(&mut self.staging, 0, code, message, bk);
+        }
     }
 
     /// Whether a connection is being served.
@@ -366,6 +386,12 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ServerConn<B, N> {
     /// Requests in flight.
     pub fn in_flight(&self) -> usize {
         self.st.table.in_flight()
+    }
+
+    /// Whether the server side has something to do or send without
+    /// further input: a request waits on the backend or has frames to send.
+    pub fn is_busy(&self) -> bool {
+        self.wants_transmit() || self.st.table.slots.iter().any(|s| s.wait)
     }
 
     /// The negotiated largest header and body (the handshake's 512 bytes

@@ -201,14 +201,23 @@ impl<const N: usize> State<N> {
         };
         if keys.encrypted() {
             if !f.prefix.flags.contains(Flags::ENCRYPTED) {
-                return self.integrity(tx, "an unencrypted frame on an encrypted session", bk);
+                let why = if f.prefix.flags.contains(Flags::SEALED) {
+                    "a frame arrived sealed but not encrypted on an encrypted session"
+                } else {
+                    "a frame arrived unsealed on an encrypted session"
+                };
+                return self.integrity(tx, why, bk);
             }
             self.rx.route = Route::Collect;
             self.rx.collect = Some((f.prefix, None));
             return;
         }
         if !f.prefix.flags.contains(Flags::SEALED) {
-            return self.integrity(tx, "an unsealed frame on an authenticated session", bk);
+            return self.integrity(
+                tx,
+                "a frame arrived unsealed on an authenticated session",
+                bk,
+            );
         }
         self.rx.tag = Some(keys.open.begin_frame(&f));
         match self.upload_of(f.header) {
@@ -318,7 +327,7 @@ impl<const N: usize> State<N> {
         if !cipher.open_in_place(&repr, data, &tag) {
             return self.integrity(
                 tx,
-                "a frame failed to decrypt (replayed, reordered, altered or cut)",
+                "a frame does not decrypt (replayed, reordered, altered or cut)",
                 bk,
             );
         }

@@ -1,11 +1,9 @@
-//! Files confined to the served root: path checks, Stat, List, Remove, and
-//! the blocking halves of Get and Put.
+//! The host's storage: files confined to the served root with cap-std,
+//! for the engine's requests (every path arrives checked by the engine's
+//! rules; confinement is cap-std's, so `..`, absolute paths and symlinks
+//! that lead out fail by construction whatever reaches here).
 //!
-//! Confinement is cap-std's: every path is resolved beneath the root's
-//! directory handle, so `..`, absolute paths and symlinks pointing out fail
-//! by construction. The checks in [`check_path`] come first only to give a
-//! clear reason for the common forms and to refuse names the OS would
-//! misread (control characters, backslashes, drive prefixes).
+//! Blocking: called on blocking threads.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -15,11 +13,28 @@ use cap_std::ambient_authority;
 use cap_std::fs::{Dir, Metadata, OpenOptions};
 use sha2::{Digest as _, Sha256};
 use tether_proto::message::EntryKind;
+use tether_proto::server::{RelPath, PART_SUFFIX};
 use tether_proto::ErrorCode;
 
-use super::ReqError;
-use crate::conn::OwnedEntry;
-use crate::PART_SUFFIX;
+/// Why an operation failed: the code and text of the request's Error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} ({code})")]
+pub struct Fail {
+    /// The code.
+    pub code: ErrorCode,
+    /// The text.
+    pub message: String,
+}
+
+impl Fail {
+    /// A failure.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Fail {
+            code,
+            message: message.into(),
+        }
+    }
+}
 
 /// The served root.
 #[derive(Debug)]
@@ -40,139 +55,54 @@ impl Root {
     pub fn path(&self) -> &Path {
         &self.path
     }
-
-    /// The root directory handle.
-    pub fn dir(&self) -> &Dir {
-        &self.dir
-    }
 }
 
-/// A checked path below the root: normalized components joined with `/`
-/// (empty for the root itself).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RelPath(pub String);
-
-impl RelPath {
-    /// As a path (`.` for the root).
-    pub fn as_path(&self) -> &Path {
-        if self.0.is_empty() {
-            Path::new(".")
-        } else {
-            Path::new(&self.0)
-        }
+/// A checked path as a relative path (`.` for the root).
+pub fn rel(path: &RelPath<'_>) -> PathBuf {
+    let mut p = PathBuf::from(".");
+    for c in path.components() {
+        p.push(c);
     }
-
-    /// Parent directory and last component; `None` for the root.
-    pub fn split(&self) -> Option<(&Path, &str)> {
-        if self.0.is_empty() {
-            return None;
-        }
-        Some(match self.0.rsplit_once('/') {
-            Some((p, n)) => (Path::new(p), n),
-            None => (Path::new("."), self.0.as_str()),
-        })
-    }
+    p
 }
 
-/// Longest path accepted, in bytes (the usual PATH_MAX less its NUL).
-pub const MAX_PATH: usize = 4095;
-
-fn refused(msg: String) -> ReqError {
-    ReqError::new(ErrorCode::PATH_REFUSED, msg)
-}
-
-/// Check a requested path. `file` demands a path that names something below
-/// the root (not the root itself).
-pub fn check_path(p: &str, file: bool) -> Result<RelPath, ReqError> {
-    if p.len() > MAX_PATH {
-        return Err(refused(format!(
-            "path of {} bytes refused: it is too long (the limit is {MAX_PATH} bytes)",
-            p.len()
-        )));
-    }
-    if p.chars().any(|c| c.is_control()) {
-        return Err(refused(format!(
-            "path {p:?} refused: it contains control characters"
-        )));
-    }
-    if p.contains('\\') {
-        return Err(refused(format!(
-            "path {p:?} refused: backslashes are not path separators here (use '/')"
-        )));
-    }
-    if p.starts_with('/') {
-        return Err(refused(format!(
-            "path {p:?} refused: absolute paths are not allowed, paths are relative to the served root"
-        )));
-    }
-    let b = p.as_bytes();
-    if b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':' {
-        return Err(refused(format!(
-            "path {p:?} refused: it looks like a drive path; paths are relative to the served root"
-        )));
-    }
-    let mut parts = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                return Err(refused(format!(
-                    "path {p:?} refused: '..' may not be used to leave the served root"
-                )))
-            }
-            c if c.len() > 255 => {
-                return Err(refused(format!(
-                    "path {p:?} refused: a name is longer than 255 bytes"
-                )))
-            }
-            c => parts.push(c),
-        }
-    }
-    if file && parts.is_empty() {
-        return Err(ReqError::new(
-            ErrorCode::IS_DIRECTORY,
-            format!("path {p:?} is the served root itself; name a file below it"),
-        ));
-    }
-    Ok(RelPath(parts.join("/")))
-}
-
-/// Turn an I/O error about `what` into the error to answer with.
-pub fn io_error(e: &io::Error, what: &str) -> ReqError {
+/// Turn an I/O error about `what` into the Error to answer with; the text
+/// states the cause once.
+pub fn io_fail(e: &io::Error, what: &str) -> Fail {
     use io::ErrorKind as K;
-    let text = e.to_string();
-    let code = match e.kind() {
-        K::NotFound => ErrorCode::NOT_FOUND,
-        K::AlreadyExists => ErrorCode::EXISTS,
-        K::PermissionDenied if text.contains("outside of the filesystem") => {
-            return refused(format!(
-                "path '{what}' refused: it leads outside the served root (through '..' or a symbolic link)"
-            ))
+    let cause = plain(e);
+    let (code, text) = match e.kind() {
+        K::NotFound => (ErrorCode::NOT_FOUND, "no such file or directory".to_string()),
+        K::AlreadyExists => (ErrorCode::EXISTS, "already exists".to_string()),
+        K::PermissionDenied if cause.contains("outside of the filesystem") => {
+            return Fail::new(
+                ErrorCode::PATH_REFUSED,
+                format!("path '{what}' refused: it leads outside the served root (through '..' or a symbolic link)"),
+            )
         }
-        K::PermissionDenied => ErrorCode::PERMISSION_DENIED,
-        K::IsADirectory => ErrorCode::IS_DIRECTORY,
-        K::NotADirectory => ErrorCode::NOT_DIRECTORY,
-        K::StorageFull | K::QuotaExceeded => ErrorCode::NO_SPACE,
-        K::ReadOnlyFilesystem => ErrorCode::READ_ONLY,
-        K::DirectoryNotEmpty => ErrorCode::IO,
-        _ => match e.raw_os_error() {
-            Some(40) => {
-                // ELOOP: a symlink loop or a refused symlink.
-                return refused(format!(
-                    "path '{what}' refused: too many levels of symbolic links"
-                ));
-            }
-            _ => ErrorCode::IO,
-        },
+        K::PermissionDenied => (ErrorCode::PERMISSION_DENIED, "permission denied".into()),
+        K::IsADirectory => (ErrorCode::IS_DIRECTORY, "is a directory".into()),
+        K::NotADirectory => (ErrorCode::NOT_DIRECTORY, "a component of the path is not a directory".into()),
+        K::StorageFull | K::QuotaExceeded => (ErrorCode::NO_SPACE, "no space left on the server's disk".into()),
+        K::ReadOnlyFilesystem => (ErrorCode::READ_ONLY, "the server's file system is read-only".into()),
+        K::DirectoryNotEmpty => (ErrorCode::NOT_EMPTY, "the directory is not empty; remove its entries first".into()),
+        _ if e.raw_os_error() == Some(40) => {
+            return Fail::new(
+                ErrorCode::PATH_REFUSED,
+                format!("path '{what}' refused: too many levels of symbolic links"),
+            )
+        }
+        _ => (ErrorCode::IO, cause),
     };
-    ReqError::new(code, format!("'{what}': {text}"))
+    Fail::new(code, format!("'{what}': {text}"))
 }
 
-fn shown(p: &RelPath) -> &str {
-    if p.0.is_empty() {
-        "."
-    } else {
-        &p.0
+/// An OS error's text without the " (os error N)" suffix.
+fn plain(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
     }
 }
 
@@ -181,6 +111,31 @@ fn modified(m: &Metadata) -> u64 {
         .ok()
         .and_then(|t| t.into_std().duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs())
+}
+
+/// One entry, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedEntry {
+    /// Its name (one component).
+    pub name: String,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Size (0 for directories; the target's length for a symlink).
+    pub size: u64,
+    /// Modification time, Unix seconds.
+    pub modified: u64,
+}
+
+impl OwnedEntry {
+    /// As the message's entry.
+    pub fn as_entry(&self) -> tether_proto::Entry<'_> {
+        tether_proto::Entry {
+            name: &self.name,
+            kind: self.kind,
+            size: self.size,
+            modified: self.modified,
+        }
+    }
 }
 
 fn entry(name: String, m: &Metadata) -> OwnedEntry {
@@ -202,256 +157,362 @@ fn entry(name: String, m: &Metadata) -> OwnedEntry {
     }
 }
 
-/// Describe one path (symlinks are not followed).
-pub fn stat(root: &Root, path: &RelPath) -> Result<OwnedEntry, ReqError> {
+/// Describe one path (a symlink itself, not followed); named by its last
+/// component (`.` for the root).
+pub fn stat(root: &Root, path: &RelPath<'_>) -> Result<OwnedEntry, Fail> {
+    let shown = path.to_string();
     let m = root
         .dir
-        .symlink_metadata(path.as_path())
-        .map_err(|e| io_error(&e, shown(path)))?;
-    Ok(entry(shown(path).to_string(), &m))
+        .symlink_metadata(rel(path))
+        .map_err(|e| io_fail(&e, &shown))?;
+    Ok(entry(path.name().to_string(), &m))
 }
 
-/// Stream a directory's entries to `each` (in the order the OS returns them);
-/// returns the count. Stops early when `each` returns false.
-pub fn list(
-    root: &Root,
-    path: &RelPath,
-    mut each: impl FnMut(OwnedEntry) -> bool,
-) -> Result<u64, ReqError> {
+/// A directory's entries sorted by name in byte order, without partial
+/// uploads and without names that are not UTF-8.
+pub fn list(root: &Root, path: &RelPath<'_>) -> Result<Vec<OwnedEntry>, Fail> {
+    let shown = path.to_string();
     let it = root
         .dir
-        .read_dir(path.as_path())
-        .map_err(|e| io_error(&e, shown(path)))?;
-    let mut n = 0u64;
+        .read_dir(rel(path))
+        .map_err(|e| io_fail(&e, &shown))?;
+    let mut v = Vec::new();
     for e in it {
-        let e = e.map_err(|e| io_error(&e, shown(path)))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        let m = match e.metadata() {
-            Ok(m) => m,
-            // Vanished while listing.
-            Err(_) => continue,
+        let e = e.map_err(|e| io_fail(&e, &shown))?;
+        let Ok(name) = e.file_name().into_string() else {
+            continue;
         };
-        n += 1;
-        if !each(entry(name, &m)) {
-            break;
+        if name.ends_with(PART_SUFFIX) {
+            continue;
+        }
+        // An entry that vanished while listing is skipped.
+        if let Ok(m) = e.metadata() {
+            v.push(entry(name, &m));
         }
     }
-    Ok(n)
+    v.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    Ok(v)
 }
 
-/// Remove a file, symlink or empty directory.
-pub fn remove(root: &Root, path: &RelPath) -> Result<(), ReqError> {
-    if path.0.is_empty() {
-        return Err(refused("the served root itself cannot be removed".into()));
-    }
+/// Remove a file, a symlink or an empty directory.
+pub fn remove(root: &Root, path: &RelPath<'_>) -> Result<(), Fail> {
+    let shown = path.to_string();
+    let p = rel(path);
     let m = root
         .dir
-        .symlink_metadata(path.as_path())
-        .map_err(|e| io_error(&e, shown(path)))?;
+        .symlink_metadata(&p)
+        .map_err(|e| io_fail(&e, &shown))?;
     let r = if m.is_dir() {
-        root.dir.remove_dir(path.as_path())
+        root.dir.remove_dir(&p)
     } else {
-        root.dir.remove_file(path.as_path())
+        root.dir.remove_file(&p)
     };
-    r.map_err(|e| {
-        if e.kind() == io::ErrorKind::DirectoryNotEmpty {
-            ReqError::new(
-                ErrorCode::IO,
-                format!(
-                    "'{}' is a directory that is not empty; remove its entries first",
-                    shown(path)
-                ),
-            )
-        } else {
-            io_error(&e, shown(path))
+    r.map_err(|e| io_fail(&e, &shown))
+}
+
+/// What identifies a file's content: a Get checks it did not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    ino: (u64, u64),
+    #[cfg(unix)]
+    ctime: (i64, i64),
+}
+
+impl Identity {
+    fn of(m: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt as _;
+        Identity {
+            len: m.len(),
+            modified: m.modified().ok(),
+            #[cfg(unix)]
+            ino: (m.dev(), m.ino()),
+            #[cfg(unix)]
+            ctime: (m.ctime(), m.ctime_nsec()),
         }
-    })
+    }
 }
 
 /// A file opened for a Get.
 #[derive(Debug)]
-pub struct GetFile {
+pub struct Reading {
     /// The open file.
     pub file: std::fs::File,
+    /// Its path below the root, for the identity check and messages.
+    pub path: PathBuf,
+    /// The path as shown.
+    pub shown: String,
     /// Its size when opened.
     pub size: u64,
     /// Its modification time.
     pub modified: u64,
+    identity: Identity,
 }
 
 /// Open a regular file for reading.
-pub fn open_get(root: &Root, path: &RelPath) -> Result<GetFile, ReqError> {
-    let m = root
-        .dir
-        .metadata(path.as_path())
-        .map_err(|e| io_error(&e, shown(path)))?;
+pub fn open(root: &Root, path: &RelPath<'_>) -> Result<Reading, Fail> {
+    let shown = path.to_string();
+    let p = rel(path);
+    let f = root.dir.open(&p).map_err(|e| io_fail(&e, &shown))?;
+    let m = f.metadata().map_err(|e| io_fail(&e, &shown))?;
     if m.is_dir() {
-        return Err(ReqError::new(
+        return Err(Fail::new(
             ErrorCode::IS_DIRECTORY,
-            format!(
-                "'{}' is a directory; name a file, or list it with `tether ls`",
-                shown(path)
-            ),
+            format!("'{shown}' is a directory; name a file, or list it with `tether ls`"),
         ));
     }
     if !m.is_file() {
-        return Err(ReqError::new(
+        return Err(Fail::new(
             ErrorCode::PERMISSION_DENIED,
-            format!("'{}' is not a regular file", shown(path)),
+            format!("'{shown}' is not a regular file"),
         ));
     }
-    let f = root
-        .dir
-        .open(path.as_path())
-        .map_err(|e| io_error(&e, shown(path)))?;
-    let m = f.metadata().map_err(|e| io_error(&e, shown(path)))?;
-    Ok(GetFile {
-        size: m.len(),
-        modified: modified(&m),
-        file: f.into_std(),
+    let modified = modified(&m);
+    let file = f.into_std();
+    let identity = Identity::of(&file.metadata().map_err(|e| io_fail(&e, &shown))?);
+    Ok(Reading {
+        size: identity.len,
+        modified,
+        file,
+        path: p,
+        shown,
+        identity,
     })
 }
 
-/// Hash the first `n` bytes of `file` (from its start), leaving the position at `n`.
-pub fn hash_prefix(file: &mut std::fs::File, n: u64, buf: &mut [u8]) -> io::Result<Sha256> {
-    file.seek(SeekFrom::Start(0))?;
-    let mut h = Sha256::new();
-    let mut left = n;
-    while left > 0 {
-        let want = (left.min(buf.len() as u64)) as usize;
-        let got = file.read(&mut buf[..want])?;
-        if got == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the file is shorter than expected",
-            ));
+impl Reading {
+    /// SHA-256 over the first `n` bytes; leaves the position at `n`.
+    pub fn hash_prefix(&mut self, n: u64, buf: &mut [u8]) -> Result<Sha256, Fail> {
+        let fail = |e: &io::Error| io_fail(e, &self.shown);
+        self.file.seek(SeekFrom::Start(0)).map_err(|e| fail(&e))?;
+        let mut h = Sha256::new();
+        let mut left = n;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let got = self.file.read(&mut buf[..want]).map_err(|e| fail(&e))?;
+            if got == 0 {
+                return Err(self.changed());
+            }
+            h.update(&buf[..got]);
+            left -= got as u64;
         }
-        h.update(&buf[..got]);
-        left -= got as u64;
+        Ok(h)
     }
-    Ok(h)
+
+    /// Read as much of `buf` as the file gives (0 at its end).
+    pub fn read_full(&mut self, buf: &mut [u8]) -> Result<usize, Fail> {
+        let mut have = 0;
+        while have < buf.len() {
+            match self.file.read(&mut buf[have..]) {
+                Ok(0) => break,
+                Ok(n) => have += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_fail(&e, &self.shown)),
+            }
+        }
+        Ok(have)
+    }
+
+    /// Whether the file (open, and at its path) is still the one opened:
+    /// same size, modification and change times, same inode.
+    pub fn check_unchanged(&self, root: &Root) -> Result<(), Fail> {
+        let now = self.file.metadata().map_err(|e| io_fail(&e, &self.shown))?;
+        // Replaced by another file (a rename over it): another inode.
+        #[cfg(unix)]
+        let same_path = {
+            use cap_std::fs::MetadataExt as _;
+            root.dir
+                .metadata(&self.path)
+                .map_or(true, |m| (m.dev(), m.ino()) == self.identity.ino)
+        };
+        #[cfg(not(unix))]
+        let same_path = {
+            let _ = root;
+            true
+        };
+        if Identity::of(&now) != self.identity || !same_path {
+            return Err(self.changed());
+        }
+        Ok(())
+    }
+
+    fn changed(&self) -> Fail {
+        Fail::new(
+            ErrorCode::CHANGED,
+            format!(
+                "'{}' changed while being sent; nothing was committed: run the get again",
+                self.shown
+            ),
+        )
+    }
+}
+
+/// The name of an upload's partial beside its destination: `.NAME.tether-part`,
+/// or, where that would exceed the 255-byte name limit, a name made from the
+/// name's SHA-256 (found again by a resumed upload all the same).
+pub fn part_name(name: &str) -> String {
+    let plain = format!(".{name}{PART_SUFFIX}");
+    if plain.len() <= 255 {
+        return plain;
+    }
+    let h = Sha256::digest(name.as_bytes());
+    format!(".{}{PART_SUFFIX}", hex::encode(&h[..16]))
 }
 
 /// An upload in progress: the partial file beside the destination.
 #[derive(Debug)]
-pub struct PutTarget {
-    /// The destination's directory.
-    pub dir: Dir,
-    /// The destination's name.
-    pub name: String,
-    /// The partial's name (`.NAME.tether-part`).
-    pub part: String,
-    /// The partial, positioned at `offset`.
-    pub file: std::fs::File,
+pub struct Writing {
+    dir: Dir,
+    name: String,
+    part: String,
+    shown: String,
+    file: std::fs::File,
+    force: bool,
     /// Bytes the partial holds.
     pub offset: u64,
-    /// Hash of those bytes.
-    pub hasher: Sha256,
 }
 
-/// Prepare an upload of `size` bytes to `path`: check the destination, and
-/// open (resume) or create (truncate) the partial beside it.
-pub fn open_put(
+/// Prepare an upload of `size` bytes to `path`: refuse an existing
+/// destination without `force`, create missing parents, and take up (with
+/// `resume`) or truncate the partial. Returns the writer and, when resuming,
+/// SHA-256 state over the bytes kept.
+pub fn create(
     root: &Root,
-    path: &RelPath,
+    path: &RelPath<'_>,
     size: u64,
     force: bool,
     resume: bool,
-) -> Result<PutTarget, ReqError> {
-    let (parent, name) = path
-        .split()
-        .ok_or_else(|| refused("name a file to upload to".into()))?;
-    if name.ends_with(PART_SUFFIX) {
-        return Err(refused(format!(
-            "path '{}' refused: names ending in '{PART_SUFFIX}' are reserved for partial uploads",
-            path.0
-        )));
-    }
-    let ptext = parent.to_string_lossy();
-    let dir = match root.dir.open_dir(parent) {
-        Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            root.dir
-                .create_dir_all(parent)
-                .map_err(|e| io_error(&e, &ptext))?;
-            root.dir
-                .open_dir(parent)
-                .map_err(|e| io_error(&e, &ptext))?
-        }
-        Err(e) => return Err(io_error(&e, &ptext)),
-    };
-    match dir.symlink_metadata(name) {
-        Ok(m) if m.is_dir() => {
-            return Err(ReqError::new(
+) -> Result<(Writing, Option<Sha256>), Fail> {
+    let shown = path.to_string();
+    let p = rel(path);
+    let (parent, name) = match (p.parent(), path.components().last()) {
+        (Some(d), Some(n)) => (d.to_path_buf(), n.to_string()),
+        _ => {
+            return Err(Fail::new(
                 ErrorCode::IS_DIRECTORY,
-                format!("'{}' is a directory; name a file inside it", path.0),
+                "name a file to upload to",
+            ))
+        }
+    };
+    let dir = open_parent(root, &parent, &shown)?;
+    match dir.symlink_metadata(&name) {
+        Ok(m) if m.is_dir() => {
+            return Err(Fail::new(
+                ErrorCode::IS_DIRECTORY,
+                format!("'{shown}' is a directory; name a file inside it"),
             ))
         }
         Ok(_) if !force => {
-            return Err(ReqError::new(
+            return Err(Fail::new(
                 ErrorCode::EXISTS,
-                format!("'{}' already exists on the server", path.0),
+                format!("'{shown}' already exists on the server (use --force to replace it)"),
             ))
         }
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_error(&e, &path.0)),
+        Err(e) => return Err(io_fail(&e, &shown)),
     }
-    let part = format!(".{name}{PART_SUFFIX}");
+    let part = part_name(&name);
     let mut opts = OpenOptions::new();
     opts.read(true).write(true).create(true);
-    let file = dir
+    let mut file = dir
         .open_with(&part, &opts)
-        .map_err(|e| io_error(&e, &path.0))?;
-    let mut file = file.into_std();
-    let have = file.metadata().map_err(|e| io_error(&e, &path.0))?.len();
-    let mut buf = vec![0u8; 256 * 1024];
-    let (offset, hasher) = if resume && have > 0 && have <= size {
-        let h = hash_prefix(&mut file, have, &mut buf).map_err(|e| io_error(&e, &path.0))?;
-        (have, h)
+        .map_err(|e| io_fail(&e, &shown))?
+        .into_std();
+    let have = file.metadata().map_err(|e| io_fail(&e, &shown))?.len();
+    let prefix = if resume && have > 0 && have <= size {
+        let mut r = Reading {
+            file,
+            path: p,
+            shown: shown.clone(),
+            size: have,
+            modified: 0,
+            identity: Identity {
+                len: 0,
+                modified: None,
+                #[cfg(unix)]
+                ino: (0, 0),
+                #[cfg(unix)]
+                ctime: (0, 0),
+            },
+        };
+        let h = r.hash_prefix(have, &mut vec![0u8; 256 * 1024])?;
+        file = r.file;
+        Some(h)
     } else {
-        file.set_len(0).map_err(|e| io_error(&e, &path.0))?;
+        file.set_len(0).map_err(|e| io_fail(&e, &shown))?;
         file.seek(SeekFrom::Start(0))
-            .map_err(|e| io_error(&e, &path.0))?;
-        (0, Sha256::new())
+            .map_err(|e| io_fail(&e, &shown))?;
+        None
     };
-    Ok(PutTarget {
-        dir,
-        name: name.to_string(),
-        part,
-        file,
-        offset,
-        hasher,
-    })
+    let offset = if prefix.is_some() { have } else { 0 };
+    Ok((
+        Writing {
+            dir,
+            name,
+            part,
+            shown,
+            file,
+            force,
+            offset,
+        },
+        prefix,
+    ))
 }
 
-impl PutTarget {
-    /// Append verified bytes.
-    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        self.hasher.update(data);
-        self.file.write_all(data)?;
+/// The upload's directory, created (with its parents) when missing.
+fn open_parent(root: &Root, parent: &Path, shown: &str) -> Result<Dir, Fail> {
+    match root.dir.open_dir(parent) {
+        Ok(d) => Ok(d),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            root.dir
+                .create_dir_all(parent)
+                .map_err(|e| io_fail(&e, shown))?;
+            root.dir.open_dir(parent).map_err(|e| io_fail(&e, shown))
+        }
+        Err(e) => Err(io_fail(&e, shown)),
+    }
+}
+
+impl Writing {
+    /// Append bytes.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), Fail> {
+        self.file
+            .write_all(data)
+            .map_err(|e| io_fail(&e, &self.shown))?;
         self.offset += data.len() as u64;
         Ok(())
     }
 
     /// Make the partial durable and rename it to the destination (refusing
     /// to replace one that appeared meanwhile unless `force`).
-    pub fn commit(self, force: bool, shown: &str) -> Result<(), ReqError> {
-        self.file.sync_all().map_err(|e| io_error(&e, shown))?;
-        if !force && self.dir.symlink_metadata(&self.name).is_ok() {
-            return Err(ReqError::new(
+    pub fn commit(self) -> Result<(), Fail> {
+        self.file.sync_all().map_err(|e| io_fail(&e, &self.shown))?;
+        if !self.force && self.dir.symlink_metadata(&self.name).is_ok() {
+            return Err(Fail::new(
                 ErrorCode::EXISTS,
-                format!("'{shown}' appeared on the server during the upload; the upload is kept as a partial, pass --force to replace it"),
+                format!(
+                    "'{}' appeared on the server during the upload; the upload is kept as a partial: run the put again with --force to replace it",
+                    self.shown
+                ),
             ));
         }
         self.dir
             .rename(&self.part, &self.dir, &self.name)
-            .map_err(|e| io_error(&e, shown))?;
+            .map_err(|e| io_fail(&e, &self.shown))?;
         // Make the rename durable too (best effort).
         if let Ok(d) = self.dir.try_clone() {
             let _ = d.into_std_file().sync_all();
         }
         Ok(())
+    }
+
+    /// Keep the partial for resuming (made durable, best effort).
+    pub fn keep(self) {
+        let _ = self.file.sync_data();
     }
 
     /// Delete the partial (its content is known to be wrong).
@@ -465,25 +526,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn path_forms() {
-        assert_eq!(check_path("a/./b//c", true).unwrap().0, "a/b/c");
-        assert_eq!(check_path("", false).unwrap().0, "");
-        assert!(check_path("", true).is_err());
-        for bad in [
-            "../x",
-            "a/../../x",
-            "/etc/passwd",
-            "a\\..\\b",
-            "a\nb",
-            "C:x",
-            "..",
-        ] {
-            let e = check_path(bad, true).unwrap_err();
-            assert_eq!(e.code, ErrorCode::PATH_REFUSED, "{bad}");
+    fn partial_names_stay_within_the_name_limit() {
+        assert_eq!(part_name("a.bin"), ".a.bin.tether-part");
+        for n in [242usize, 243, 255] {
+            let name = "d".repeat(n);
+            let p = part_name(&name);
+            assert!(p.len() <= 255, "{n}: {}", p.len());
+            assert!(p.ends_with(PART_SUFFIX));
+            assert_eq!(p, part_name(&name), "stable, so a resume finds it");
         }
-        let r = RelPath("a/b".into());
-        assert_eq!(r.split(), Some((Path::new("a"), "b")));
-        let r = RelPath("b".into());
-        assert_eq!(r.split(), Some((Path::new("."), "b")));
+    }
+
+    #[test]
+    fn causes_are_stated_once() {
+        let e = io::Error::from(io::ErrorKind::NotFound);
+        let f = io_fail(&e, "a/b");
+        assert_eq!(f.code, ErrorCode::NOT_FOUND);
+        assert_eq!(f.message, "'a/b': no such file or directory");
+        let e = io::Error::from_raw_os_error(5);
+        assert_eq!(io_fail(&e, "x").message, "'x': Input/output error");
     }
 }
