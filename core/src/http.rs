@@ -13,6 +13,7 @@
 //! loop:     http.handle_bytes(now_ms, received)             // always consumes all of it
 //!           n = http.poll_transmit(send_space, &status)     // send those n bytes
 //!           http.handle_timeout(now_ms)                     // wake at poll_timeout()
+//!           on the peer's FIN: http.handle_eof(now_ms)
 //!           match http.poll_close() { Some(Close::Graceful) => close once sent,
 //!                                     Some(Close::Reset) => reset now, None => {} }
 //! closed:   http.handle_close()
@@ -402,13 +403,24 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Http<B> {
             match self.push(b) {
                 Ok(false) => {}
                 Ok(true) => self.respond(self.decide(), now_ms),
-                Err(code) => {
-                    let head_only = self.request.is_some_and(|r| r.method == Method::Head);
-                    self.respond(Response::error(code, head_only), now_ms);
-                }
+                Err(code) => self.respond(Response::error(code, self.is_head()), now_ms),
             }
         }
         input.len()
+    }
+
+    /// The peer will send no more (it shut its side down) at `now_ms`. A
+    /// request cut short is answered 400; with nothing received at all the
+    /// connection just closes ([`Close::Graceful`], no response).
+    pub fn handle_eof(&mut self, now_ms: u64) {
+        if self.state != State::Reading {
+            return;
+        }
+        if self.request.is_none() && self.len == 0 {
+            self.state = State::Done;
+        } else {
+            self.respond(Response::error(Code::BadRequest, self.is_head()), now_ms);
+        }
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
@@ -429,7 +441,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Http<B> {
             return;
         }
         match self.state {
-            State::Reading => self.respond(Response::error(Code::RequestTimeout, false), now_ms),
+            State::Reading => {
+                let r = Response::error(Code::RequestTimeout, self.is_head());
+                self.respond(r, now_ms);
+            }
             _ => self.state = State::Reset,
         }
     }
@@ -476,6 +491,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Http<B> {
             self.state = State::Done;
         }
         n
+    }
+
+    /// Whether the request line (if in) asked for HEAD: no body then.
+    fn is_head(&self) -> bool {
+        self.request.is_some_and(|r| r.method == Method::Head)
     }
 
     fn respond(&mut self, r: Response, now_ms: u64) {
@@ -527,7 +547,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Http<B> {
         let Some(req) = self.request else {
             return Response::error(Code::BadRequest, false);
         };
-        let head_only = req.method == Method::Head;
+        let head_only = self.is_head();
         let (code, body) = if self.hosts > 1 || (req.minor >= 1 && self.hosts == 0) {
             (Code::BadRequest, Body::Text)
         } else if req.method == Method::Other {

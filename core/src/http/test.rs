@@ -452,6 +452,14 @@ fn slow_request_gets_408_at_the_deadline() {
     assert_eq!(p.code, 408);
     assert_eq!(h.poll_close(), Some(Close::Graceful));
     assert_eq!(h.poll_timeout(), None);
+    // A HEAD that times out gets its 408 without a body.
+    h.handle_accept(0);
+    h.handle_bytes(0, b"HEAD / HTTP/1.1\r\nHo");
+    h.handle_timeout(500);
+    let n = h.poll_transmit(&mut out, &status());
+    let p = parse(&out[..n]);
+    assert_eq!(p.code, 408);
+    assert!(p.body.is_empty() && p.header("Content-Length") != Some("0"));
 }
 
 #[test]
@@ -468,6 +476,29 @@ fn response_not_taken_in_time_is_reset() {
     assert_eq!(h.poll_close(), Some(Close::Reset));
     assert_eq!(h.poll_transmit(&mut out, &status()), 0);
     assert!(!h.wants_transmit());
+}
+
+#[test]
+fn a_request_cut_short_by_the_peer_is_400_and_silence_just_closes() {
+    let mut h = Http::new([0u8; BUF], Config::DEFAULT);
+    let mut out = [0u8; 1024];
+    for (sent, code) in [
+        (&b"GET / HTTP/1.1\r\nHost: d\r\n"[..], Some(400)),
+        (b"\r\n", None),
+    ] {
+        h.handle_accept(0);
+        h.handle_bytes(0, sent);
+        h.handle_eof(1);
+        let n = h.poll_transmit(&mut out, &status());
+        assert_eq!(n > 0, code.is_some());
+        if let Some(code) = code {
+            assert_eq!(parse(&out[..n]).code, code);
+        }
+        assert_eq!(h.poll_close(), Some(Close::Graceful));
+        // After the response is decided, an end of input changes nothing.
+        h.handle_eof(2);
+        assert_eq!(h.poll_close(), Some(Close::Graceful));
+    }
 }
 
 #[test]
