@@ -12,6 +12,8 @@
 # A fresh pre-shared key (`tether keygen`, in the temporary directory) is
 # given to the device and the client through TETHER_KEY_FILE, so the demo
 # runs authenticated and sealed; SIM_KEY=0 runs it without a key.
+# The device also serves its read-only status page (--http, port 80), which
+# the demo fetches with curl (installed with apt-get when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -103,9 +105,9 @@ run() {
     in_ns "$TETHER" "$@"
 }
 
-say "starting $SIM --tap $TAP --ip $DEV_IP/24 --port $PORT ${SIM_EXTRA[*]}"
+say "starting $SIM --tap $TAP --ip $DEV_IP/24 --port $PORT --http ${SIM_EXTRA[*]}"
 # Its own session: a Ctrl-C at the terminal goes to the client, not the device.
-in_ns setsid "$SIM" --tap "$TAP" --ip "$DEV_IP/24" --port "$PORT" "${SIM_EXTRA[@]}" &
+in_ns setsid "$SIM" --tap "$TAP" --ip "$DEV_IP/24" --port "$PORT" --http "${SIM_EXTRA[@]}" &
 SIM_PID=$!
 for _ in $(seq 50); do
     if in_ns "$TETHER" -qq ping "$DEV_IP" -c 1 --timeout 200ms --retries 0 >/dev/null 2>&1; then
@@ -114,6 +116,8 @@ for _ in $(seq 50); do
     kill -0 "$SIM_PID" 2>/dev/null || { say "tether-sim exited"; SIM_PID=""; exit 1; }
     sleep 0.1
 done
+
+say "status page: http://$DEV_IP/ and http://$DEV_IP/status.json (from namespace $NS)"
 
 if [ "$MODE" = shell ]; then
     say "device running; 'help' lists its commands, 'exit' leaves (the device stops then)"
@@ -145,6 +149,16 @@ run exec "$DEV_IP" -- sha256 demo.bin
 run ls "$DEV_IP"
 run time "$DEV_IP"
 run echo "$DEV_IP" "hello device"
+if ! command -v curl >/dev/null 2>&1; then
+    say "installing curl (apt-get) for the status page"
+    { apt-get install -y -qq curl || { apt-get update -qq && apt-get install -y -qq curl; }; } >/dev/null 2>&1 || true
+fi
+printf '\n$ curl -sS -i http://%s/status.json\n' "$DEV_IP"
+in_ns curl -sS -i --fail --max-time 10 "http://$DEV_IP/status.json"
+printf '\n$ curl -sS -o status.html -w ... http://%s/\n' "$DEV_IP"
+in_ns curl -sS --fail --max-time 10 -o "$TMP/status.html" \
+    -w '%{http_code} %{content_type}, %{size_download} bytes\n' "http://$DEV_IP/"
+grep -o '<title>[^<]*' "$TMP/status.html" | sed 's/<title>/title: /'
 run exec "$DEV_IP" -- stats
 echo
-say "demo passed: ping, exec, put/get of 1 MiB with matching SHA-256, time and echo over UDP"
+say "demo passed: ping, exec, put/get of 1 MiB with matching SHA-256, time and echo over UDP, status page over HTTP"

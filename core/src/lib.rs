@@ -8,6 +8,7 @@
 //! * [`codec`]: the sans-IO [`Decoder`] (bytes in, events out, bodies never
 //!   buffered) and [`encode_head`].
 //! * [`datagram`]: the UDP service (Ping, Echo, Time), shared by device and host.
+//! * [`http`]: a read-only HTTP/1.1 status page responder, sans-IO like the codec.
 //! * [`io`]: blocking and async drivers over `embedded-io`.
 //!
 //! `no_std` and heap-free by default; the caller owns every buffer. The byte
@@ -40,6 +41,7 @@ pub mod codec;
 pub mod datagram;
 pub mod device;
 pub mod handshake;
+pub mod http;
 pub mod io;
 pub mod message;
 pub mod server;

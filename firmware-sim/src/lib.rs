@@ -12,6 +12,7 @@
 //! table that `mem` prints and the README documents.
 
 pub mod client;
+pub mod http;
 pub mod virt;
 
 /// The network stack the simulator runs on (re-exported for tests).
@@ -151,6 +152,8 @@ pub struct SimConfig {
     pub idle_timeout_ms: u32,
     /// Print connections, LED changes and reboots to stderr.
     pub verbose: bool,
+    /// Serve the status page on port 80 ([`http`]).
+    pub http: bool,
 }
 
 impl Default for SimConfig {
@@ -176,6 +179,7 @@ impl Default for SimConfig {
             handshake_timeout_ms: Config::DEFAULT.handshake_timeout_ms,
             idle_timeout_ms: Config::DEFAULT.idle_timeout_ms,
             verbose: false,
+            http: false,
         }
     }
 }
@@ -188,7 +192,8 @@ impl SimConfig {
         let udp = 2 * self.udp_packets * MAX_DATAGRAM;
         let session = std::mem::size_of::<DeviceConn<&mut [u8]>>();
         let store_table = std::mem::size_of::<SimStore>() - std::mem::size_of::<Box<[u8]>>();
-        vec![
+        let http = self.http.then(http::ram).into_iter().flatten();
+        let mut v = vec![
             ("tcp socket buffers", n * (self.tcp_rx + self.tcp_tx)),
             ("udp socket buffers", udp),
             ("udp reply buffer", MAX_DATAGRAM),
@@ -200,7 +205,9 @@ impl SimConfig {
             ("device state", std::mem::size_of::<SimDev>() - store_table),
             ("store table", store_table),
             ("store arena", self.store_bytes),
-        ]
+        ];
+        v.splice(5..5, http);
+        v
     }
 }
 
@@ -295,6 +302,7 @@ pub struct SimDevice {
     conns: Vec<Conn>,
     udp: SocketHandle,
     udp_out: Box<[u8]>,
+    http: Option<http::HttpServer>,
     config: SimConfig,
     reboot_pending: bool,
     /// LED transitions seen (for tests and the log).
@@ -360,6 +368,9 @@ impl SimDevice {
         let mut u = udp::Socket::new(udp_buf(), udp_buf());
         let _ = u.bind(config.port);
         let udp = sockets.add(u);
+        let http = config
+            .http
+            .then(|| http::HttpServer::new(&mut sockets, config.verbose));
         // The `mem` command reports these lines; they live as long as the process.
         let extra: &'static [(&'static str, usize)] = Box::leak(config.ram().into_boxed_slice());
         let dev_config = Config {
@@ -390,6 +401,7 @@ impl SimDevice {
             conns,
             udp,
             udp_out: vec![0u8; MAX_DATAGRAM].into_boxed_slice(),
+            http,
             config,
             reboot_pending: false,
             led_log: Vec::new(),
@@ -458,6 +470,7 @@ impl SimDevice {
             .conns
             .iter()
             .flat_map(|c| [c.session.poll_timeout(), c.socket_deadline])
+            .chain([self.http.as_ref().and_then(|h| h.poll_timeout())])
             .flatten()
             .min()
             .map(|at| Duration::from_millis(at.saturating_sub(now_ms)));
@@ -630,6 +643,10 @@ impl SimDevice {
             }
         }
         worked |= self.serve_udp(now_ms);
+        let (open, ip) = (self.slots_in_use(), self.config.ip.address());
+        if let Some(h) = &mut self.http {
+            worked |= h.serve(&mut self.sockets, &self.dev, ip, open, now_ms);
+        }
         while let Some(ev) = self.dev.poll_event() {
             match ev {
                 Event::Led(on) => {

@@ -94,6 +94,9 @@ struct Args {
     /// connections must authenticate, frames are sealed.
     #[arg(long, value_name = "PATH", env = "TETHER_KEY_FILE")]
     key_file: Option<PathBuf>,
+    /// Serve a read-only status page over HTTP on port 80 (GET / and /status.json).
+    #[arg(long)]
+    http: bool,
 }
 
 /// The key from --key-file / TETHER_KEY_FILE, or TETHER_KEY (hex).
@@ -166,6 +169,7 @@ fn sim_config(a: &Args, seed: u64, unix_ms_at_zero: u64, key: Option<Key>) -> Si
         seed,
         key,
         verbose: !a.quiet,
+        http: a.http,
         ..SimConfig::default()
     }
 }
@@ -275,6 +279,9 @@ fn run_tap(a: &Args) -> anyhow::Result<()> {
                 .map(|p| format!("; pcap {}", p.display()))
                 .unwrap_or_default()
         );
+    }
+    if a.http && !a.quiet {
+        eprintln!("[tether-sim] status page: http://{}/", a.ip.address());
     }
     // Said even with --quiet: an open device should not go unnoticed.
     if !a.quiet || key.is_none() {
