@@ -337,8 +337,7 @@ impl<B: Bus> Lan9118<B> {
 
     /// Whether the PHY reports link.
     pub fn link_up(&self) -> bool {
-        self.phy_read(1)
-            .is_ok_and(|bsr| bsr & bits::BSR_LINK != 0)
+        self.phy_read(1).is_ok_and(|bsr| bsr & bits::BSR_LINK != 0)
     }
 
     fn csr_wait(&self) -> Result<(), InitError> {

@@ -77,7 +77,7 @@ pub async fn serve<L: Link>(link: &mut L, conn: &mut Conn, sh: &Shared) {
         }
         let due = conn
             .deadline()
-            .map(|d| Instant::from_millis(d))
+            .map(Instant::from_millis)
             .unwrap_or(Instant::now() + IDLE_POLL)
             .min(Instant::now() + IDLE_POLL);
         let want_rx = !peer_gone && !rx_stuck && !sh.reboot_pending();
@@ -107,7 +107,11 @@ pub struct TcpLink<'s, 'a>(pub &'s mut TcpSocket<'a>);
 impl Link for TcpLink<'_, '_> {
     async fn recv(&mut self, f: impl FnOnce(&[u8]) -> usize) -> Result<(usize, usize), Gone> {
         if !self.0.can_recv() {
-            return if self.0.may_recv() { Ok((0, 0)) } else { Err(Gone) };
+            return if self.0.may_recv() {
+                Ok((0, 0))
+            } else {
+                Err(Gone)
+            };
         }
         // Data is buffered, so this does not wait.
         self.0
@@ -168,7 +172,11 @@ pub struct UartLink {
 impl UartLink {
     /// The link over UART0 (set up by `uart::init_link`).
     pub const fn new() -> Self {
-        UartLink { buf: [0; 256], start: 0, end: 0 }
+        UartLink {
+            buf: [0; 256],
+            start: 0,
+            end: 0,
+        }
     }
 
     /// Whether received bytes wait (in this link or the UART's pipe).

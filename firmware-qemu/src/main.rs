@@ -59,13 +59,20 @@ struct SessionBufs {
 
 impl SessionBufs {
     const fn new() -> Self {
-        SessionBufs { header: [0; HEADER], tx: [0; TX], output: [0; OUTPUT] }
+        SessionBufs {
+            header: [0; HEADER],
+            tx: [0; TX],
+            output: [0; OUTPUT],
+        }
     }
 
     fn conn(&'static mut self) -> Conn {
         Conn::new(&mut self.header, &mut self.tx, &mut self.output)
     }
 }
+
+/// One TCP connection's buffers: session, socket receive, socket send.
+type TcpSlot = (SessionBufs, [u8; TCP_RX], [u8; TCP_TX]);
 
 /// RAM by use, reported by the `mem` command.
 static RAM: [(&str, usize); 7] = [
@@ -125,17 +132,30 @@ pub fn board_events(sh: &Shared) {
 
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
-    let cp = cortex_m::Peripherals::take().unwrap_or_else(|| halt(format_args!("peripherals taken")));
+    let cp =
+        cortex_m::Peripherals::take().unwrap_or_else(|| halt(format_args!("peripherals taken")));
     uart::init_log();
     time::init(cp.SYST);
-    log!("tether-firmware-qemu {} on mps2-an386", env!("CARGO_PKG_VERSION"));
+    log!(
+        "tether-firmware-qemu {} on mps2-an386",
+        env!("CARGO_PKG_VERSION")
+    );
 
-    let p = provisioning().unwrap_or_else(|e| halt(format_args!("{e}: no seed for nonces, refusing to serve")));
+    let p = provisioning()
+        .unwrap_or_else(|e| halt(format_args!("{e}: no seed for nonces, refusing to serve")));
     rng::seed(p.seed);
     log!(
         "provisioned: key {}, address {}.{}.{}.{}/{}, clock {}",
-        if p.key.is_some() { "yes" } else { "no (serves anyone)" },
-        p.ip.addr[0], p.ip.addr[1], p.ip.addr[2], p.ip.addr[3], p.ip.prefix,
+        if p.key.is_some() {
+            "yes"
+        } else {
+            "no (serves anyone)"
+        },
+        p.ip.addr[0],
+        p.ip.addr[1],
+        p.ip.addr[2],
+        p.ip.addr[3],
+        p.ip.prefix,
         if p.unix_ms.is_some() { "set" } else { "unset" },
     );
 
@@ -161,29 +181,48 @@ async fn main(spawner: Spawner) {
     // UART0: the serial link, independent of the network.
     uart::init_link();
     static UART_BUFS: StaticCell<SessionBufs> = StaticCell::new();
-    spawner.spawn(uart_task(UART_BUFS.init(SessionBufs::new()).conn(), sh).unwrap_or_else(|_| halt(format_args!("spawn"))));
+    spawner.spawn(
+        uart_task(UART_BUFS.init(SessionBufs::new()).conn(), sh)
+            .unwrap_or_else(|_| halt(format_args!("spawn"))),
+    );
 
     let nic = Nic::new().unwrap_or_else(|e| halt(format_args!("LAN9118: {e:?}")));
     let mac = nic.mac();
     log!(
         "LAN9118 up, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+        mac[0],
+        mac[1],
+        mac[2],
+        mac[3],
+        mac[4],
+        mac[5]
     );
     let [a, b, c, d] = p.ip.addr;
     let config = embassy_net::Config::ipv4_static(StaticConfigV4 {
         address: Ipv4Cidr::new(Ipv4Address::new(a, b, c, d), p.ip.prefix),
-        gateway: p.ip.gateway.map(|[a, b, c, d]| Ipv4Address::new(a, b, c, d)),
+        gateway: p
+            .ip
+            .gateway
+            .map(|[a, b, c, d]| Ipv4Address::new(a, b, c, d)),
         dns_servers: heapless::Vec::new(),
     });
     static RESOURCES: StaticCell<StackResources<{ TCP_CONNS + 1 }>> = StaticCell::new();
     static NIC: StaticCell<Nic> = StaticCell::new();
-    let (stack, runner) = embassy_net::new(NIC.init(nic), config, RESOURCES.init(StackResources::new()), rng::u64());
+    let (stack, runner) = embassy_net::new(
+        NIC.init(nic),
+        config,
+        RESOURCES.init(StackResources::new()),
+        rng::u64(),
+    );
     spawner.spawn(net_task(runner).unwrap_or_else(|_| halt(format_args!("spawn"))));
     spawner.spawn(udp_task(stack, sh).unwrap_or_else(|_| halt(format_args!("spawn"))));
-    static TCP_BUFS: StaticCell<[(SessionBufs, [u8; TCP_RX], [u8; TCP_TX]); TCP_CONNS]> = StaticCell::new();
+    static TCP_BUFS: StaticCell<[TcpSlot; TCP_CONNS]> = StaticCell::new();
     let bufs = TCP_BUFS.init([const { (SessionBufs::new(), [0; TCP_RX], [0; TCP_TX]) }; TCP_CONNS]);
     for (i, (s, rx, tx)) in bufs.iter_mut().enumerate() {
-        spawner.spawn(tcp_task(i, stack, s.conn(), rx, tx, sh).unwrap_or_else(|_| halt(format_args!("spawn"))));
+        spawner.spawn(
+            tcp_task(i, stack, s.conn(), rx, tx, sh)
+                .unwrap_or_else(|_| halt(format_args!("spawn"))),
+        );
     }
     log!("serving tether on TCP and UDP port {DEFAULT_PORT} and on UART0");
 }
@@ -208,7 +247,9 @@ async fn udp_task(stack: Stack<'static>, sh: &'static Shared) {
     }
     loop {
         // A datagram larger than `req` is refused by the socket (truncated): dropped.
-        let Ok((n, meta)) = sock.recv_from(req).await else { continue };
+        let Ok((n, meta)) = sock.recv_from(req).await else {
+            continue;
+        };
         let r = sh.answer_datagram(&req[..n], now_ms(), reply);
         if r > 0 {
             let _ = sock.send_to(&reply[..r], meta.endpoint).await;
@@ -238,7 +279,9 @@ async fn tcp_task(
                 Some(embassy_net::IpAddress::Ipv4(a)) => Some(a.octets()),
                 _ => None,
             };
-            log!("tcp {slot}: connection from {:?}", sock.remote_endpoint());
+            if let Some(e) = sock.remote_endpoint() {
+                log!("tcp {slot}: connection from {e}");
+            }
             conn.open(sh, ip, rng::nonce(), now_ms());
             link::serve(&mut TcpLink(&mut sock), &mut conn, sh).await;
             board_events(sh);

@@ -26,7 +26,12 @@ impl Nic {
     pub fn new() -> Result<Nic, lan9118::InitError> {
         let hw = Lan9118::init(ETH)?;
         hw::enable(Irq::Ethernet);
-        Ok(Nic { hw, rx: [0; MAX_FRAME], tx: [0; MAX_FRAME], rx_dropped: 0 })
+        Ok(Nic {
+            hw,
+            rx: [0; MAX_FRAME],
+            tx: [0; MAX_FRAME],
+            rx_dropped: 0,
+        })
     }
 
     /// The station address.
@@ -74,7 +79,10 @@ impl Driver for Nic {
         loop {
             match self.hw.receive(&mut self.rx)? {
                 Ok(n) => {
-                    let tx = Tx { hw: &mut self.hw, buf: &mut self.tx };
+                    let tx = Tx {
+                        hw: &mut self.hw,
+                        buf: &mut self.tx,
+                    };
                     return Some((Rx(&mut self.rx[..n]), tx));
                 }
                 Err(_) => self.rx_dropped = self.rx_dropped.wrapping_add(1),
@@ -87,7 +95,10 @@ impl Driver for Nic {
             cx.waker().wake_by_ref();
             return None;
         }
-        Some(Tx { hw: &mut self.hw, buf: &mut self.tx })
+        Some(Tx {
+            hw: &mut self.hw,
+            buf: &mut self.tx,
+        })
     }
 
     fn link_state(&mut self, _cx: &mut Context<'_>) -> LinkState {

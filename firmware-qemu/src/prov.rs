@@ -103,7 +103,9 @@ impl core::fmt::Display for ProvError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             ProvError::Missing => write!(f, "no provisioning block (magic missing)"),
-            ProvError::Version(v, l) => write!(f, "provisioning block version {v}, length {l}: unsupported"),
+            ProvError::Version(v, l) => {
+                write!(f, "provisioning block version {v}, length {l}: unsupported")
+            }
             ProvError::Checksum => write!(f, "provisioning block checksum mismatch"),
             ProvError::NoSeed => write!(f, "provisioning block has an all-zero seed"),
             ProvError::Malformed => write!(f, "provisioning block malformed"),
@@ -238,7 +240,12 @@ mod tests {
     fn matches_the_script_vector() {
         let b = sample().to_bytes();
         assert_eq!(&b[..12], b"TPRV\x01\x00\x80\x00\x07\x00\x00\x00");
-        assert_eq!(&b[124..], &0xbccd_1684u32.to_le_bytes(), "{:x}", u32_at(&b, 124));
+        assert_eq!(
+            &b[124..],
+            &0xbccd_1684u32.to_le_bytes(),
+            "{:x}",
+            u32_at(&b, 124)
+        );
     }
 
     #[test]
@@ -248,7 +255,10 @@ mod tests {
         for i in 0..LEN {
             let mut b = good;
             b[i] ^= 0x40;
-            assert!(Provisioning::parse(&b).is_err(), "byte {i} flipped was accepted");
+            assert!(
+                Provisioning::parse(&b).is_err(),
+                "byte {i} flipped was accepted"
+            );
         }
         let mut b = good;
         b[4] = 2;
@@ -257,7 +267,10 @@ mod tests {
             seed: [0; 32],
             ..sample()
         };
-        assert_eq!(Provisioning::parse(&zero_seed.to_bytes()), Err(ProvError::NoSeed));
+        assert_eq!(
+            Provisioning::parse(&zero_seed.to_bytes()),
+            Err(ProvError::NoSeed)
+        );
         let bad_prefix = Provisioning {
             ip: Ipv4 {
                 prefix: 33,
@@ -265,12 +278,18 @@ mod tests {
             },
             ..sample()
         };
-        assert_eq!(Provisioning::parse(&bad_prefix.to_bytes()), Err(ProvError::Malformed));
+        assert_eq!(
+            Provisioning::parse(&bad_prefix.to_bytes()),
+            Err(ProvError::Malformed)
+        );
     }
 
     #[test]
     fn debug_redacts_secrets() {
         let s = std::format!("{:?}", sample());
-        assert!(!s.contains("17, 17") && !s.contains("[1, 2") && s.contains("redacted"), "{s}");
+        assert!(
+            !s.contains("17, 17") && !s.contains("[1, 2") && s.contains("redacted"),
+            "{s}"
+        );
     }
 }

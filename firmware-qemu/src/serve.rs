@@ -73,9 +73,16 @@ impl Shared {
             ..Config::DEFAULT
         };
         let clock = WallClock(s.unix_ms_at_boot.map(|offset_ms| OffsetClock { offset_ms }));
-        let commands = Table { state: (), commands: &COMMANDS };
+        let commands = Table {
+            state: (),
+            commands: &COMMANDS,
+        };
         let dev = Device::new(config, RamStore::new(arena), clock, commands, now_ms);
-        Shared { dev: RefCell::new(dev), open: Cell::new(0), reboot: Cell::new(false) }
+        Shared {
+            dev: RefCell::new(dev),
+            open: Cell::new(0),
+            reboot: Cell::new(false),
+        }
     }
 
     /// Answer one UDP datagram into `reply`; returns the reply's length (0: none).
@@ -128,7 +135,8 @@ impl Conn {
     /// A connection was accepted from `ipv4` (`None`: a serial line) with a fresh `nonce`.
     pub fn open(&mut self, sh: &Shared, ipv4: Option<[u8; 4]>, nonce: [u8; 16], now_ms: u64) {
         let peer = ipv4.map_or(Peer::UNKNOWN, Peer::ipv4);
-        self.0.handle_accept(&mut sh.dev.borrow_mut(), peer, nonce, now_ms);
+        self.0
+            .handle_accept(&mut sh.dev.borrow_mut(), peer, nonce, now_ms);
         sh.open.set(sh.open.get() + 1);
     }
 

@@ -72,12 +72,9 @@ impl Fake {
             c.mac_data = match index {
                 mac::CR => c.mac_cr,
                 mac::ADDRH => u32::from(c.mac_addr[4]) | u32::from(c.mac_addr[5]) << 8,
-                mac::ADDRL => u32::from_le_bytes([
-                    c.mac_addr[0],
-                    c.mac_addr[1],
-                    c.mac_addr[2],
-                    c.mac_addr[3],
-                ]),
+                mac::ADDRL => {
+                    u32::from_le_bytes([c.mac_addr[0], c.mac_addr[1], c.mac_addr[2], c.mac_addr[3]])
+                }
                 mac::MII_ACC => 0,
                 mac::MII_DATA => c.mii_data,
                 other => panic!("read of MAC CSR {other}"),
@@ -180,10 +177,7 @@ fn init_configures_mac_phy_fifos_and_the_interrupt_pin() {
     assert_eq!(c.rx_cfg, 0, "no RX offset or end padding");
     assert_eq!(c.int_en, bits::INT_RSFL);
     // QEMU drives the pin active-low unless POL and TYPE are both set.
-    assert_eq!(
-        c.irq_cfg,
-        bits::IRQ_EN | bits::IRQ_POL | bits::IRQ_TYPE
-    );
+    assert_eq!(c.irq_cfg, bits::IRQ_EN | bits::IRQ_POL | bits::IRQ_TYPE);
     drop(c);
     assert!(nic.link_up());
 }
