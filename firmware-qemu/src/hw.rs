@@ -65,13 +65,8 @@ unsafe impl cortex_m::interrupt::InterruptNumber for Irq {
     }
 }
 
-/// One vector table slot.
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub union Vector {
-    handler: unsafe extern "C" fn(),
-    reserved: usize,
-}
+/// An interrupt handler as the vector table holds it.
+pub type Vector = unsafe extern "C" fn();
 
 unsafe extern "C" {
     fn DefaultHandler();
@@ -79,23 +74,15 @@ unsafe extern "C" {
 
 /// The 32 external interrupt vectors of the AN385/AN386 image (cortex-m-rt
 /// places them after the exception vectors; its `device` feature expects
-/// this table and `device.x`).
+/// this table and `device.x`). Lines this firmware does not use go to
+/// cortex-m-rt's `DefaultHandler`.
 #[unsafe(link_section = ".vector_table.interrupts")]
 #[unsafe(no_mangle)]
 pub static __INTERRUPTS: [Vector; 32] = {
-    let mut v = [Vector {
-        handler: DefaultHandler,
-    }; 32];
-    v[Irq::Uart0Rx as usize] = Vector {
-        handler: crate::uart::uart0_rx_irq,
-    };
-    v[Irq::Uart0Tx as usize] = Vector {
-        handler: crate::uart::uart0_tx_irq,
-    };
-    v[Irq::Ethernet as usize] = Vector {
-        handler: crate::nic::ethernet_irq,
-    };
-    let _ = Vector { reserved: 0 };
+    let mut v: [Vector; 32] = [DefaultHandler; 32];
+    v[Irq::Uart0Rx as usize] = crate::uart::uart0_rx_irq;
+    v[Irq::Uart0Tx as usize] = crate::uart::uart0_tx_irq;
+    v[Irq::Ethernet as usize] = crate::nic::ethernet_irq;
     v
 };
 
