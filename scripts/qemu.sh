@@ -80,6 +80,9 @@ ip -n "$NS" link set lo up
 ip -n "$NS" tuntap add dev "$TAP" mode tap
 ip -n "$NS" addr add "$HOST_IP/24" dev "$TAP"
 ip -n "$NS" link set "$TAP" up
+# Linux re-sends an unanswered ARP request after 1 s; one sent while QEMU
+# is still starting would dominate the boot figure.
+ip netns exec "$NS" sh -c "echo 100 > /proc/sys/net/ipv4/neigh/$TAP/retrans_time_ms"
 say "network namespace $NS: $TAP $HOST_IP/24, device $DEV_IP"
 
 in_ns() { ip netns exec "$NS" "$@"; }

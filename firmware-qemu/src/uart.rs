@@ -121,7 +121,15 @@ pub fn write_room() -> usize {
 
 /// Queue `bytes` for UART0; returns how many fit (0 when the pipe is full).
 pub fn try_write(bytes: &[u8]) -> usize {
-    let n = TX.try_write(bytes).unwrap_or(0);
+    // The pipe takes one contiguous run per call: a write that wraps around
+    // its end takes two.
+    let mut n = 0;
+    while n < bytes.len() {
+        match TX.try_write(&bytes[n..]) {
+            Ok(k) if k > 0 => n += k,
+            _ => break,
+        }
+    }
     if n > 0 {
         hw::pend(Irq::Uart0Tx);
     }
