@@ -2,8 +2,9 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 THUMB := thumbv7em-none-eabihf
+HOST := $(shell rustc -vV | sed -n 's/^host: //p')
 
-.PHONY: all build test lint fmt clippy unit thumb targets sim sim-shell bench fuzz size clean
+.PHONY: all build test lint fmt clippy unit thumb targets qemu-deps sim sim-shell qemu bench fuzz size clean
 
 all: build
 
@@ -19,30 +20,50 @@ targets:
 fmt:
 	$(CARGO) fmt --all --check
 	$(CARGO) fmt --manifest-path firmware-example/Cargo.toml --check
+	$(CARGO) fmt --manifest-path firmware-qemu/Cargo.toml --check
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml --check
 
-clippy:
+clippy: targets
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	cd firmware-qemu && $(CARGO) clippy --release -- -D warnings
+	cd firmware-qemu && $(CARGO) clippy --lib --tests --target $(HOST) -- -D warnings
 
-unit:
+unit: qemu-deps
+	cd firmware-qemu && $(CARGO) test --lib --target $(HOST)
 	$(CARGO) test --workspace
 
 # The core as a library, and linked into a real Cortex-M4F firmware image.
 thumb: targets
 	$(CARGO) build -p tether-proto --no-default-features --target $(THUMB)
 	cd firmware-example && $(CARGO) build --release
+	cd firmware-qemu && $(CARGO) build --release
 
-# Flash and RAM of the firmware image that links the device logic.
-LLVM_BIN = $(shell rustc --print sysroot)/lib/rustlib/$(shell rustc -vV | sed -n 's/^host: //p')/bin
+# Flash and RAM of the firmware images: firmware-qemu (the image that runs)
+# and firmware-example (the minimal link-only image, for comparison).
+LLVM_BIN = $(shell rustc --print sysroot)/lib/rustlib/$(HOST)/bin
+QEMU_IMG = firmware-qemu/target/$(THUMB)/release/tether-firmware-qemu
+EXAMPLE_IMG = firmware-example/target/$(THUMB)/release/tether-firmware-example
 size: targets
 	@rustup component list --installed | grep -q '^llvm-tools' || rustup component add llvm-tools
+	cd firmware-qemu && $(CARGO) build --release
 	cd firmware-example && $(CARGO) build --release
-	@echo "== firmware-example ($(THUMB), opt-level s, LTO): sections"
-	@$(LLVM_BIN)/llvm-size -A firmware-example/target/$(THUMB)/release/tether-firmware-example | grep -Ev '^(\.(debug|comment|ARM)|Total)'
-	@$(LLVM_BIN)/llvm-size firmware-example/target/$(THUMB)/release/tether-firmware-example
+	@echo "== firmware-qemu ($(THUMB), opt-level s, LTO): sections (.psram is the file store, not loaded)"
+	@$(LLVM_BIN)/llvm-size -A $(QEMU_IMG) | grep -Ev '^(\.(debug|comment|ARM)|Total)'
+	@$(LLVM_BIN)/llvm-size -A $(QEMU_IMG) | awk '$$1 ~ /^\.(vector_table|text|rodata|data)$$/ { f += $$2 } $$1 ~ /^\.(data|bss|uninit)$$/ { r += $$2 } END { printf "flash %d B; static RAM %d B plus the stack (the .psram store not counted)\n", f, r }'
 	@echo "== largest functions"
-	@$(LLVM_BIN)/llvm-nm --size-sort -S --demangle firmware-example/target/$(THUMB)/release/tether-firmware-example | tail -8
-	@echo "== RAM: no .data/.bss; everything is on main's stack: 16 KiB store arena, 512+640+768 B session buffers, 256+256 B rx/tx, 1472 B datagram reply, plus the Session and Device structs (sizes: tether-sim --ram)"
+	@$(LLVM_BIN)/llvm-nm --size-sort -S --demangle $(QEMU_IMG) | grep -v ' [bBdD] ' | tail -8
+	@echo "== largest RAM objects"
+	@$(LLVM_BIN)/llvm-nm --size-sort -S --demangle $(QEMU_IMG) | grep ' [bBdD] ' | tail -8
+	@echo "== firmware-example (link-only, for comparison)"
+	@$(LLVM_BIN)/llvm-size $(EXAMPLE_IMG)
+
+# qemu-system-arm for the QEMU test (tests/tests/qemu.rs); as root only.
+qemu-deps:
+	@command -v qemu-system-arm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "== installing qemu-system-arm (apt-get)"; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-arm >/dev/null; \
+	  else echo "== qemu-system-arm is missing and this is not root: the QEMU test will be skipped"; fi; }
 
 lint: targets fmt clippy
 
@@ -55,6 +76,10 @@ sim:
 
 sim-shell:
 	@bash scripts/sim.sh shell
+
+# The firmware image in QEMU (mps2-an386) on a TAP, driven by the tether client.
+qemu:
+	@bash scripts/qemu.sh
 
 # Side-by-side benchmarks; tables go to bench/results/.
 bench:

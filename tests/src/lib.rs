@@ -17,6 +17,7 @@ pub use tempfile::TempDir;
 
 pub mod hostile;
 pub mod peer;
+pub mod qemu;
 pub mod relay;
 pub mod tap;
 

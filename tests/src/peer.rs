@@ -40,6 +40,18 @@ impl Link for TcpStream {
     }
 }
 
+impl Link for std::os::unix::net::UnixStream {
+    fn send(&mut self, b: &[u8]) -> Result<(), String> {
+        self.write_all(b).map_err(|e| e.to_string())
+    }
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, String> {
+        std::io::Read::read(self, buf).map_err(|e| e.to_string())
+    }
+    fn close_write(&mut self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
 /// A TCP connection to 127.0.0.1:`port` from the local address `from`
 /// (any 127.0.0.0/8 address: lets a test be several peers), with a
 /// generous read timeout.

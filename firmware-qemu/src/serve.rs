@@ -1,0 +1,217 @@
+//! The glue to tether's device logic: the only module that names
+//! `tether_proto::device`. Everything else (NIC, UART, network stack,
+//! links) talks to [`Shared`] and [`Conn`], so a new engine is re-pointed
+//! here alone.
+//!
+//! Call order (what the links do): [`Shared::new`] at boot; per connection
+//! [`Conn::open`], then [`Conn::feed`] / [`Conn::emit`] while either moves
+//! bytes, [`Conn::tick`] at [`Conn::deadline`], [`Conn::close`] when
+//! [`Conn::should_close`] or the peer left; datagrams through
+//! [`Shared::answer_datagram`]; after any of these, [`Shared::poll_events`].
+
+use core::cell::{Cell, RefCell};
+use core::fmt::Write as _;
+
+use sha2::{Digest as _, Sha256};
+use tether_proto::device::commands::{Cmd, Ctx, Output, Table};
+use tether_proto::device::{Clock, Config, Device, DeviceConn, Event, OffsetClock, Peer, RamStore};
+use tether_proto::handshake::KEY_LEN;
+
+/// Most files the store holds.
+pub const STORE_FILES: usize = 16;
+
+/// The store: RAM standing in for flash.
+type Store = RamStore<&'static mut [u8], STORE_FILES>;
+
+/// Unix time when the provisioning block carried it (the RTC), else none.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock(pub Option<OffsetClock>);
+
+impl Clock for WallClock {
+    fn unix_ms(&self, now_ms: u64) -> Option<u64> {
+        self.0.and_then(|c| c.unix_ms(now_ms))
+    }
+}
+
+type Dev = Device<Store, WallClock, Table<'static, ()>>;
+
+/// What the firmware decides at boot.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Pre-shared key: every connection must authenticate.
+    pub key: Option<[u8; KEY_LEN]>,
+    /// Unix milliseconds at monotonic time 0, if known.
+    pub unix_ms_at_boot: Option<u64>,
+    /// Largest frame body.
+    pub max_chunk: u32,
+    /// The firmware's RAM by use, for the `mem` command.
+    pub ram: &'static [(&'static str, usize)],
+}
+
+/// Something the board must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoardEvent {
+    /// Drive the user LED.
+    Led(bool),
+}
+
+/// What every session shares: the device logic and its store.
+pub struct Shared {
+    dev: RefCell<Dev>,
+    open: Cell<usize>,
+    reboot: Cell<bool>,
+}
+
+impl Shared {
+    /// Boot the device logic at `now_ms` over the store `arena`.
+    pub fn new(s: Settings, arena: &'static mut [u8], now_ms: u64) -> Self {
+        let config = Config {
+            agent: concat!("tether-qemu/", env!("CARGO_PKG_VERSION")),
+            max_chunk: s.max_chunk,
+            extra_ram: s.ram,
+            key: s.key,
+            ..Config::DEFAULT
+        };
+        let clock = WallClock(s.unix_ms_at_boot.map(|offset_ms| OffsetClock { offset_ms }));
+        let commands = Table {
+            state: (),
+            commands: &COMMANDS,
+        };
+        let dev = Device::new(config, RamStore::new(arena), clock, commands, now_ms);
+        Shared {
+            dev: RefCell::new(dev),
+            open: Cell::new(0),
+            reboot: Cell::new(false),
+        }
+    }
+
+    /// Answer one UDP datagram into `reply`; returns the reply's length (0: none).
+    pub fn answer_datagram(&self, req: &[u8], now_ms: u64, reply: &mut [u8]) -> usize {
+        self.dev.borrow_mut().handle_datagram(req, now_ms, reply)
+    }
+
+    /// The next board event. A reboot request is kept internally: see
+    /// [`Shared::reboot_pending`].
+    pub fn poll_events(&self) -> Option<BoardEvent> {
+        let mut dev = self.dev.borrow_mut();
+        loop {
+            match dev.poll_event()? {
+                Event::Led(on) => return Some(BoardEvent::Led(on)),
+                Event::Reboot => self.reboot.set(true),
+                _ => {}
+            }
+        }
+    }
+
+    /// A reboot was requested: sessions stop reading, flush and close.
+    pub fn reboot_pending(&self) -> bool {
+        self.reboot.get()
+    }
+
+    /// Complete a requested reboot once no session is open (soft: device
+    /// state and counters reset, files kept); returns whether it did.
+    pub fn finish_reboot(&self, now_ms: u64) -> bool {
+        if !self.reboot.get() || self.open.get() > 0 {
+            return false;
+        }
+        self.dev.borrow_mut().handle_reboot(now_ms);
+        self.reboot.set(false);
+        true
+    }
+}
+
+/// One connection's protocol state, over caller-owned buffers.
+pub struct Conn(DeviceConn<&'static mut [u8]>);
+
+impl Conn {
+    /// Buffers: a frame header, queued replies, command output.
+    pub fn new(header: &'static mut [u8], tx: &'static mut [u8], out: &'static mut [u8]) -> Self {
+        Conn(DeviceConn::new(header, tx, out))
+    }
+
+    /// RAM of a session's state (without its buffers).
+    pub const STATE_BYTES: usize = core::mem::size_of::<DeviceConn<&'static mut [u8]>>();
+
+    /// A connection was accepted from `ipv4` (`None`: a serial line) with a fresh `nonce`.
+    pub fn open(&mut self, sh: &Shared, ipv4: Option<[u8; 4]>, nonce: [u8; 16], now_ms: u64) {
+        let peer = ipv4.map_or(Peer::UNKNOWN, Peer::ipv4);
+        self.0
+            .handle_accept(&mut sh.dev.borrow_mut(), peer, nonce, now_ms);
+        sh.open.set(sh.open.get() + 1);
+    }
+
+    /// Received bytes; returns how many were taken (the rest waits for room to reply).
+    pub fn feed(&mut self, sh: &Shared, bytes: &[u8], now_ms: u64) -> usize {
+        self.0.handle_bytes(&mut sh.dev.borrow_mut(), bytes, now_ms)
+    }
+
+    /// Bytes to send, written into `out`; returns how many.
+    pub fn emit(&mut self, sh: &Shared, out: &mut [u8], now_ms: u64) -> usize {
+        self.0.poll_transmit(&mut sh.dev.borrow_mut(), out, now_ms)
+    }
+
+    /// Whether [`Conn::emit`] has (or may make) bytes.
+    pub fn wants_transmit(&self) -> bool {
+        self.0.wants_transmit()
+    }
+
+    /// When [`Conn::tick`] is next due (monotonic ms).
+    pub fn deadline(&self) -> Option<u64> {
+        self.0.poll_timeout()
+    }
+
+    /// Enforce deadlines at `now_ms`.
+    pub fn tick(&mut self, sh: &Shared, now_ms: u64) {
+        self.0.handle_timeout(&mut sh.dev.borrow_mut(), now_ms)
+    }
+
+    /// Whether the connection should be closed now.
+    pub fn should_close(&self) -> bool {
+        self.0.poll_close()
+    }
+
+    /// The connection ended.
+    pub fn close(&mut self, sh: &Shared) {
+        if self.0.is_open() {
+            sh.open.set(sh.open.get().saturating_sub(1));
+        }
+        self.0.handle_close(&mut sh.dev.borrow_mut());
+    }
+}
+
+fn sha256_cmd(_: &mut (), ctx: &mut Ctx<'_>, args: &[&str], out: &mut Output<'_>) -> i32 {
+    let [_, name] = args else {
+        let _ = writeln!(out.err(), "usage: sha256 NAME");
+        return 2;
+    };
+    let Some(id) = ctx.store.find(name) else {
+        let _ = writeln!(out.err(), "sha256: no such file: {name}");
+        return 1;
+    };
+    let (mut h, mut buf, mut at) = (Sha256::new(), [0u8; 256], 0u64);
+    loop {
+        match ctx.store.read(id, at, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+            Err(e) => {
+                let _ = writeln!(out.err(), "sha256: {e}");
+                return 1;
+            }
+        }
+    }
+    for b in h.finalize() {
+        let _ = write!(out, "{b:02x}");
+    }
+    let _ = writeln!(out, "  {name}");
+    0
+}
+
+/// The firmware's own commands, beside the built-in ones.
+static COMMANDS: [Cmd<()>; 1] = [Cmd {
+    name: "sha256",
+    usage: "sha256 NAME           SHA-256 of a stored file, computed on the device",
+    run: sha256_cmd,
+}];
