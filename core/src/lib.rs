@@ -37,6 +37,7 @@ extern crate std;
 #[allow(unused_extern_crates)]
 extern crate alloc;
 
+pub mod client;
 pub mod codec;
 pub mod datagram;
 pub mod device;
@@ -44,6 +45,7 @@ pub mod handshake;
 pub mod http;
 pub mod io;
 pub mod message;
+pub mod outgoing;
 pub mod server;
 pub mod text;
 pub mod time;

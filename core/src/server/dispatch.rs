@@ -11,7 +11,8 @@ use crate::wire::{Flags, PrefixRepr, PREFIX_LEN, TAG_LEN};
 use super::backend::{Backend, Count, End, Start};
 use super::rx::Route;
 use super::slot::{Exec, Get, GetPhase, Op, Put, PutFault, PutPhase, Slot};
-use super::tx::{self, Security, Staging};
+use super::tx::{Security, Staging};
+use crate::outgoing as tx;
 use super::{Fatal, Phase, State, MAX_ERROR_TEXT};
 
 /// Room kept in the staging queue for one Error reply.
@@ -73,7 +74,7 @@ impl<const N: usize> State<N> {
         h: &Header<'_>,
         bk: &mut K,
     ) {
-        match tx::compose(&mut self.sec, tx.free(), h) {
+        match tx::compose(self.sec.keys(), tx.free(), h) {
             Some(n) => {
                 tx.commit(n);
                 bk.count(Count::FrameOut);
@@ -86,7 +87,7 @@ impl<const N: usize> State<N> {
                         message: "the reply does not fit this server's buffers",
                     },
                 );
-                if let Some(n) = tx::compose(&mut self.sec, tx.free(), &e) {
+                if let Some(n) = tx::compose(self.sec.keys(), tx.free(), &e) {
                     tx.commit(n);
                     bk.count(Count::FrameOut);
                     bk.count(Count::ErrorSent);
@@ -405,7 +406,7 @@ impl<const N: usize> State<N> {
     ) {
         let h = Header::new(id, Message::EchoReply { text: text_in });
         let len = text_in.len();
-        let n = tx::compose_with(&mut self.sec, tx.free(), &h, |hb| {
+        let n = tx::compose_with(self.sec.keys(), tx.free(), &h, |hb| {
             let at = hb.len() - len;
             hb[at..].make_ascii_uppercase();
         });

@@ -10,7 +10,8 @@ use crate::text::{clip, text};
 
 use super::backend::{Backend, Count, End, Failure, Kill, Output, Req, Start};
 use super::slot::{Exec, Get, GetPhase, Op, Put, PutFault, PutPhase};
-use super::tx::{self, Security, Staging};
+use super::tx::{Security, Staging};
+use crate::outgoing as tx;
 use super::{Phase, State, CLOSE_GRACE_MS, MAX_ERROR_TEXT};
 
 /// What a request did in one turn.
@@ -34,7 +35,7 @@ impl Out<'_> {
     /// A body-less frame (an INTERNAL error if it does not fit, which the
     /// room kept for replies rules out for well-behaved backends).
     fn control(&mut self, h: &Header<'_>) -> usize {
-        if let Some(n) = tx::compose(self.sec, self.dst, h) {
+        if let Some(n) = tx::compose(self.sec.keys(), self.dst, h) {
             return n;
         }
         let e = Header::new(
@@ -44,7 +45,7 @@ impl Out<'_> {
                 message: "the reply does not fit this server's buffers",
             },
         );
-        tx::compose(self.sec, self.dst, &e).unwrap_or(0)
+        tx::compose(self.sec.keys(), self.dst, &e).unwrap_or(0)
     }
 
     fn error(&mut self, id: u32, code: ErrorCode, message: &str) -> usize {
@@ -59,7 +60,7 @@ impl Out<'_> {
     /// The region where the body of a frame with header `h` goes.
     fn body_region(&self, h: &Header<'_>, left: u64) -> core::ops::Range<usize> {
         let max = (self.max_chunk as u64).min(left) as usize;
-        tx::body_region(self.sec, self.dst.len(), h.buffer_len(), max)
+        tx::body_region(self.sec.keys_ref(), self.dst.len(), h.buffer_len(), max)
     }
 }
 
@@ -455,7 +456,7 @@ fn get_data<K: Backend>(req: Req, g: &mut Get, out: &mut Out<'_>, bk: &mut K) ->
     };
     g.hasher.update(&out.dst[region.start..region.start + k]);
     g.pos += k as u64;
-    let n = tx::finish(out.sec, out.dst, &h, k);
+    let n = tx::finish(out.sec.keys(), out.dst, &h, k);
     if g.pos == g.size {
         bk.start(req, Start::CheckUnchanged);
         g.phase = GetPhase::Check;
@@ -570,7 +571,7 @@ fn exec<K: Backend>(req: Req, e: &mut Exec, out: &mut Out<'_>, bk: &mut K) -> Tu
         Poll::Ready(Ok(Output::Bytes(_, 0))) => Turn::Idle,
         Poll::Ready(Ok(Output::Bytes(stream, k))) => {
             let h = Header::new(req.id, Message::Output { stream });
-            Turn::Frame(tx::finish(out.sec, out.dst, &h, k.min(region.len())))
+            Turn::Frame(tx::finish(out.sec.keys(), out.dst, &h, k.min(region.len())))
         }
         Poll::Ready(Ok(Output::Exited(status))) => {
             let status = match e.killed {
