@@ -7,18 +7,19 @@
 //!   any number of requests; the server runs the requests of a connection
 //!   concurrently, and every connection in its own task, so a slow or
 //!   stalled peer only ever delays itself.
-//! * Frames are read with the core's [`AsyncFrameReader`](tether_proto::io::AsyncFrameReader)
-//!   (bodies go straight from the socket into the caller's buffer) and
-//!   written by [`conn::Writer`], the one place every outgoing frame passes.
+//! * Both sides are drivers of the core's sans-IO engines: the server of
+//!   [`tether_proto::server::ServerConn`], the client of
+//!   [`tether_proto::client::ClientConn`]. They move bytes and do the file
+//!   and process work the engine asks for; every protocol rule is in core.
 //! * With a pre-shared key ([`key`]) both sides authenticate in the
 //!   handshake (the core's sans-IO [`tether_proto::handshake`], the same
 //!   state machine the device runs) and every later frame is sealed with a
 //!   per-direction sequence number, or, when the client requires it
 //!   (`--encrypt`) and the server offers it, encrypted whole with
 //!   ChaCha20-Poly1305; see `docs/SECURITY.md`.
-//! * File transfers stream in constant memory through a small pool of
-//!   chunk buffers, hashing with SHA-256 on a blocking thread while the
-//!   network side sends or receives: never a second pass.
+//! * File transfers stream in constant memory: a blocking thread reads or
+//!   writes chunks while the network side sends or receives, and the
+//!   engine hashes with SHA-256 as bytes pass: never a second pass.
 //! * Files are confined to the served root with `cap-std`.
 //!
 //! Errors are [`Error`] (for clients) and [`server::files::Fail`] (what a
@@ -26,11 +27,10 @@
 
 pub mod addr;
 pub mod client;
-pub mod conn;
 pub mod error;
 pub mod key;
-pub mod pool;
 pub mod progress;
+pub mod reader;
 pub mod server;
 pub mod timefmt;
 

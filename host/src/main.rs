@@ -9,11 +9,10 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use tether_host::addr::{parse_duration, parse_rate, HostSpec};
-use tether_host::client::exec::{exec, report_status, shell};
+use tether_host::client::exec::{exec, report_status, shell, Cmdline};
 use tether_host::client::transfer::{get, part_path, put, Report, TransferOpts};
 use tether_host::client::udp::{UdpClient, UdpOpts};
 use tether_host::client::{connect, fs, ConnectOpts};
-use tether_host::conn::{Msg, OwnedCommand};
 use tether_host::key;
 use tether_host::server::{bind, check_exposure, serve, ServerConfig};
 use tether_proto::Message;
@@ -464,9 +463,27 @@ fn remote_name(remote: &str) -> Option<&str> {
         .find(|c| !c.is_empty() && *c != "." && *c != "..")
 }
 
+/// A byte rate in units that fit (B/s, KiB/s, MiB/s, GiB/s).
+fn rate(bytes: u64, secs: f64) -> String {
+    let per = bytes as f64 / secs.max(1e-6);
+    match per {
+        r if r >= 1024.0 * 1024.0 * 1024.0 => {
+            format!("{:.2} GiB/s", r / (1024.0 * 1024.0 * 1024.0))
+        }
+        r if r >= 1024.0 * 1024.0 => format!("{:.1} MiB/s", r / (1024.0 * 1024.0)),
+        r if r >= 1024.0 => format!("{:.1} KiB/s", r / 1024.0),
+        r => format!("{r:.0} B/s"),
+    }
+}
+
 fn summary(verb: &str, from: &str, to: &str, r: &Report) -> String {
-    let secs = r.elapsed.as_secs_f64().max(1e-6);
-    let rate = r.transferred as f64 / secs / (1024.0 * 1024.0);
+    if r.identical {
+        return format!(
+            "{verb} {from} -> {to}: {} bytes, already there with the same SHA-256: nothing transferred",
+            r.size
+        );
+    }
+    let secs = r.elapsed.as_secs_f64();
     let mut s = format!(
         "{verb} {from} -> {to}: {} bytes, {} transferred",
         r.size, r.transferred
@@ -477,7 +494,7 @@ fn summary(verb: &str, from: &str, to: &str, r: &Report) -> String {
     if r.restarted {
         s += " (a partial that did not match was discarded)";
     }
-    s += &format!(" in {secs:.2} s, {rate:.1} MiB/s");
+    s += &format!(" in {secs:.2} s, {}", rate(r.transferred, secs));
     s
 }
 
@@ -495,7 +512,6 @@ async fn interruptible<T>(
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
-    let quiet = cli.quiet > 0;
     let tcp = !matches!(
         cli.cmd,
         Cmd::Serve(_) | Cmd::Keygen { .. } | Cmd::Echo { .. } | Cmd::Time { .. } | Cmd::Ping { .. }
@@ -506,194 +522,45 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         ConnectOpts::default()
     };
     match &cli.cmd {
-        Cmd::Keygen { path, force } => {
-            key::keygen(path, *force)?;
-            let p = path.display();
-            println!("wrote a new key to {p} (mode 0600)");
-            eprintln!(
-                "use it: on the server `tether serve --key-file {p} ...`; on each client `--key-file {p}` or `export TETHER_KEY_FILE={p}`.\ncopy it to clients over a secure channel (scp, a password manager); anyone holding it can use the server."
-            );
-            Ok(0)
-        }
-        Cmd::Serve(a) => {
-            let key = load_key(&cli)?;
-            check_exposure(a.listen, key.is_some(), cli.insecure).map_err(anyhow::Error::msg)?;
-            let mut cfg = ServerConfig::new(a.root.clone());
-            cfg.allow_exec = a.allow_exec;
-            cfg.max_connections = a.max_connections.max(1);
-            cfg.handshake_timeout = a.handshake_timeout;
-            cfg.idle_timeout = a.idle_timeout;
-            cfg.shutdown_grace = a.shutdown_grace;
-            cfg.offer_encryption = !a.no_encrypt;
-            cfg.key = key;
-            cfg.read_only = a.read_only;
-            cfg.allow_cmds = (!a.allow_cmd.is_empty()).then(|| a.allow_cmd.clone());
-            cfg.max_transfers = a.max_transfers.max(1);
-            if !a.root.is_dir() {
-                bail!(
-                    "--root '{}' is not a directory: create it or name another one",
-                    a.root.display()
-                );
-            }
-            let bound = bind(a.listen).await.with_context(|| {
-                format!(
-                    "cannot listen on {} (TCP and UDP): is another server running there? pick another --listen port",
-                    a.listen
-                )
-            })?;
-            let addr = bound.local_addr()?;
-            println!("listening on {addr}");
-            let _ = std::io::stdout().flush();
-            serve(cfg, bound, shutdown_signal()).await?;
-            Ok(0)
-        }
-        Cmd::Exec(a) => {
-            let command = match (&a.shell, a.command.is_empty()) {
-                (Some(line), _) => OwnedCommand::Shell(line.clone()),
-                (None, false) => OwnedCommand::Argv(a.command.clone()),
-                (None, true) => bail!(
-                    "no command given: write `tether exec HOST -- CMD [ARGS...]` or `tether exec HOST --shell 'LINE'`"
-                ),
-            };
-            let mut sess = connect(&a.host, &copts).await?;
-            let status = exec(&mut sess, &command, a.timeout).await?;
-            report_status(status);
-            Ok(status.shell_code() as u8)
-        }
-        Cmd::Shell { host } => {
-            let code = shell(host, &copts).await?;
-            Ok(code as u8)
-        }
-        Cmd::Get(a) => {
-            let name = || {
-                remote_name(&a.remote).with_context(|| {
-                    format!(
-                        "'{}' does not end in a file name: give LOCAL, the name to save it as",
-                        a.remote
-                    )
-                })
-            };
-            let local = match &a.local {
-                None => PathBuf::from(name()?),
-                Some(p) if p.is_dir() => p.join(name()?),
-                Some(p) => p.clone(),
-            };
-            let opts = TransferOpts {
-                force: a.t.force,
-                resume: !a.t.no_resume,
-                progress: !quiet,
-                limit_rate: a.t.limit_rate,
-            };
-            let note = format!(
-                "the partial download is kept in '{}'; run the same command again to resume",
-                part_path(&local).display()
-            );
-            let r = interruptible(
-                async {
-                    let mut sess = connect(&a.host, &copts).await?;
-                    Ok(get(&mut sess, &a.remote, &local, &opts).await?)
-                },
-                note,
-            )
-            .await?;
-            println!("{}  {}", hex::encode(r.digest), local.display());
-            if !quiet {
-                let from = format!("{}:{}", a.host, a.remote);
-                eprintln!(
-                    "{}",
-                    summary("get", &from, &local.display().to_string(), &r)
-                );
-            }
-            Ok(0)
-        }
-        Cmd::Put(a) => {
-            let base = a
-                .local
-                .file_name()
-                .and_then(|n| n.to_str())
-                .with_context(|| format!("'{}' does not name a file", a.local.display()))?;
-            let remote = match &a.remote {
-                None => base.to_string(),
-                Some(r) if r.is_empty() || r.ends_with('/') => format!("{r}{base}"),
-                Some(r) => r.clone(),
-            };
-            let opts = TransferOpts {
-                force: a.t.force,
-                resume: !a.t.no_resume,
-                progress: !quiet,
-                limit_rate: a.t.limit_rate,
-            };
-            let r = interruptible(
-                async {
-                    let mut sess = connect(&a.host, &copts).await?;
-                    Ok(put(&mut sess, &a.local, &remote, &opts).await?)
-                },
-                "the server keeps the partial upload; run the same command again to resume"
-                    .to_string(),
-            )
-            .await?;
-            println!("{}  {}", hex::encode(r.digest), a.local.display());
-            if !quiet {
-                let to = format!("{}:{}", a.host, remote);
-                eprintln!(
-                    "{}",
-                    summary("put", &a.local.display().to_string(), &to, &r)
-                );
-            }
-            Ok(0)
-        }
+        Cmd::Keygen { path, force } => keygen(path, *force),
+        Cmd::Serve(a) => serve_cmd(&cli, a).await,
+        Cmd::Exec(a) => exec_cmd(a, &copts).await,
+        Cmd::Shell { host } => Ok(shell(host, &copts).await? as u8),
+        Cmd::Get(a) => get_cmd(&cli, a, &copts).await,
+        Cmd::Put(a) => put_cmd(&cli, a, &copts).await,
         Cmd::Ls { host, path } => {
-            let mut sess = connect(host, &copts).await?;
+            let mut remote = connect(host, &copts).await?;
             let mut out = std::io::stdout().lock();
-            fs::list(&mut sess, path.as_deref().unwrap_or(""), |e| {
-                let _ = writeln!(out, "{}", fs::format_entry(e));
+            fs::list(&mut remote, path.as_deref().unwrap_or(""), |e| {
+                let _ = writeln!(out, "{}", fs::format_entry(e.name, e));
             })
             .await?;
             Ok(0)
         }
         Cmd::Stat { host, path } => {
-            let mut sess = connect(host, &copts).await?;
-            let mut e = fs::stat(&mut sess, path).await?;
+            let mut remote = connect(host, &copts).await?;
             // The server names the last component; show the path as asked.
-            if !path.is_empty() {
-                e.name = path.trim_end_matches('/').to_string();
-            }
-            println!("{}", fs::format_entry(&e));
+            let shown = path.trim_end_matches('/');
+            fs::stat(&mut remote, path, |e| {
+                let name = if shown.is_empty() { e.name } else { shown };
+                println!("{}", fs::format_entry(name, e));
+            })
+            .await?;
             Ok(0)
         }
         Cmd::Rm { host, path } => {
-            let mut sess = connect(host, &copts).await?;
-            fs::remove(&mut sess, path).await?;
+            let mut remote = connect(host, &copts).await?;
+            fs::remove(&mut remote, path).await?;
             Ok(0)
         }
         Cmd::Echo { host, text, udp } => {
-            let c = UdpClient::open(host).await?;
-            let r = c
-                .request(Message::Echo { text }, &udp_opts(&cli, udp.timeout))
-                .await?;
-            match r.msg {
-                Msg::EchoReply { text } => println!("{text}"),
-                other => bail!("unexpected reply {} to Echo", other.name()),
-            }
-            if r.attempts > 1 && !quiet {
-                eprintln!("(answered on attempt {})", r.attempts);
-            }
-            Ok(0)
+            let opts = udp_opts(&cli, udp.timeout);
+            udp_cmd(&cli, host, Message::Echo { text }, &opts).await
         }
         Cmd::Time { host, format, udp } => {
-            let c = UdpClient::open(host).await?;
+            let opts = udp_opts(&cli, udp.timeout);
             let format = format.as_deref().unwrap_or("");
-            let r = c
-                .request(Message::Time { format }, &udp_opts(&cli, udp.timeout))
-                .await?;
-            match r.msg {
-                Msg::TimeReply { text, .. } => println!("{text}"),
-                other => bail!("unexpected reply {} to Time", other.name()),
-            }
-            if r.attempts > 1 && !quiet {
-                eprintln!("(answered on attempt {})", r.attempts);
-            }
-            Ok(0)
+            udp_cmd(&cli, host, Message::Time { format }, &opts).await
         }
         Cmd::Ping {
             host,
@@ -702,6 +569,158 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             timeout,
         } => ping(host, *count, *interval, *timeout).await,
     }
+}
+
+fn keygen(path: &std::path::Path, force: bool) -> anyhow::Result<u8> {
+    key::keygen(path, force)?;
+    let p = path.display();
+    println!("wrote a new key to {p} (mode 0600)");
+    eprintln!(
+        "use it: on the server `tether serve --key-file {p} ...`; on each client `--key-file {p}` or `export TETHER_KEY_FILE={p}`.\ncopy it to clients over a secure channel (scp, a password manager); anyone holding it can use the server."
+    );
+    Ok(0)
+}
+
+async fn serve_cmd(cli: &Cli, a: &ServeArgs) -> anyhow::Result<u8> {
+    let key = load_key(cli)?;
+    check_exposure(a.listen, key.is_some(), cli.insecure).map_err(anyhow::Error::msg)?;
+    let mut cfg = ServerConfig::new(a.root.clone());
+    cfg.allow_exec = a.allow_exec;
+    cfg.max_connections = a.max_connections.max(1);
+    cfg.handshake_timeout = a.handshake_timeout;
+    cfg.idle_timeout = a.idle_timeout;
+    cfg.shutdown_grace = a.shutdown_grace;
+    cfg.offer_encryption = !a.no_encrypt;
+    cfg.key = key;
+    cfg.read_only = a.read_only;
+    cfg.allow_cmds = (!a.allow_cmd.is_empty()).then(|| a.allow_cmd.clone());
+    cfg.max_transfers = a.max_transfers.max(1);
+    if !a.root.is_dir() {
+        bail!(
+            "--root '{}' is not a directory: create it or name another one",
+            a.root.display()
+        );
+    }
+    let bound = bind(a.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (TCP and UDP): is another server running there? pick another --listen port",
+            a.listen
+        )
+    })?;
+    let addr = bound.local_addr()?;
+    println!("listening on {addr}");
+    let _ = std::io::stdout().flush();
+    serve(cfg, bound, shutdown_signal()).await?;
+    Ok(0)
+}
+
+async fn exec_cmd(a: &ExecArgs, copts: &ConnectOpts) -> anyhow::Result<u8> {
+    let command = match (&a.shell, a.command.is_empty()) {
+        (Some(line), _) => Cmdline::Shell(line.clone()),
+        (None, false) => Cmdline::Argv(a.command.clone()),
+        (None, true) => bail!(
+            "no command given: write `tether exec HOST -- CMD [ARGS...]` or `tether exec HOST --shell 'LINE'`"
+        ),
+    };
+    let mut remote = connect(&a.host, copts).await?;
+    let status = exec(&mut remote, &command, a.timeout).await?;
+    report_status(status);
+    Ok(status.shell_code() as u8)
+}
+
+fn transfer_opts(cli: &Cli, t: &TransferArgs) -> TransferOpts {
+    TransferOpts {
+        force: t.force,
+        resume: !t.no_resume,
+        progress: cli.quiet == 0,
+        limit_rate: t.limit_rate,
+        retries: cli.retries.unwrap_or(0),
+        retry_delay: cli.retry_delay,
+    }
+}
+
+async fn get_cmd(cli: &Cli, a: &GetArgs, copts: &ConnectOpts) -> anyhow::Result<u8> {
+    let name = || {
+        remote_name(&a.remote).with_context(|| {
+            format!(
+                "'{}' does not end in a file name: give LOCAL, the name to save it as",
+                a.remote
+            )
+        })
+    };
+    let local = match &a.local {
+        None => PathBuf::from(name()?),
+        Some(p) if p.is_dir() => p.join(name()?),
+        Some(p) => p.clone(),
+    };
+    let opts = transfer_opts(cli, &a.t);
+    let note = format!(
+        "the partial download is kept in '{}'; run the same command again to resume",
+        part_path(&local).display()
+    );
+    let r = interruptible(
+        async {
+            let mut remote = connect(&a.host, copts).await?;
+            Ok(get(&mut remote, &a.remote, &local, &opts).await?)
+        },
+        note,
+    )
+    .await?;
+    println!("{}  {}", hex::encode(r.digest), local.display());
+    if cli.quiet == 0 {
+        let from = format!("{}:{}", a.host, a.remote);
+        eprintln!(
+            "{}",
+            summary("get", &from, &local.display().to_string(), &r)
+        );
+    }
+    Ok(0)
+}
+
+async fn put_cmd(cli: &Cli, a: &PutArgs, copts: &ConnectOpts) -> anyhow::Result<u8> {
+    let base = a
+        .local
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("'{}' does not name a file", a.local.display()))?;
+    let remote_path = match &a.remote {
+        None => base.to_string(),
+        Some(r) if r.is_empty() || r.ends_with('/') => format!("{r}{base}"),
+        Some(r) => r.clone(),
+    };
+    let opts = transfer_opts(cli, &a.t);
+    let r = interruptible(
+        async {
+            let mut remote = connect(&a.host, copts).await?;
+            Ok(put(&mut remote, &a.local, &remote_path, &opts).await?)
+        },
+        "the server keeps the partial upload; run the same command again to resume".to_string(),
+    )
+    .await?;
+    println!("{}  {}", hex::encode(r.digest), a.local.display());
+    if cli.quiet == 0 {
+        let to = format!("{}:{}", a.host, remote_path);
+        eprintln!(
+            "{}",
+            summary("put", &a.local.display().to_string(), &to, &r)
+        );
+    }
+    Ok(0)
+}
+
+/// Echo and Time over UDP: print the reply's text.
+async fn udp_cmd(cli: &Cli, host: &HostSpec, m: Message<'_>, opts: &UdpOpts) -> anyhow::Result<u8> {
+    let kind = m.kind();
+    let c = UdpClient::open(host).await?;
+    let r = c.request(m, opts).await?;
+    match r.message() {
+        Message::EchoReply { text } | Message::TimeReply { text, .. } => println!("{text}"),
+        other => bail!("unexpected reply {:?} to {kind:?}", other.kind()),
+    }
+    if r.attempts > 1 && cli.quiet == 0 {
+        eprintln!("(answered on attempt {})", r.attempts);
+    }
+    Ok(0)
 }
 
 async fn ping(

@@ -122,11 +122,13 @@ fn garbage_datagrams_get_bad_frame_and_other_requests_unexpected() {
     let mut buf = [0u8; 2048];
     sock.send(b"definitely not a frame").unwrap();
     let n = sock.recv(&mut buf).unwrap();
-    let (id, msg) = tether_host::client::udp::parse(&buf[..n]).unwrap();
-    assert_eq!(id, 0);
+    let reply = tether_host::client::udp::parse(&buf[..n]).unwrap();
+    let h = tether_proto::Header::parse(&reply).unwrap();
+    assert_eq!(h.request_id, 0);
     assert!(
-        matches!(msg, tether_host::conn::Msg::Error { code, .. } if code.0 == 1),
-        "{msg:?}"
+        matches!(h.message, tether_proto::Message::Error { code, .. } if code.0 == 1),
+        "{:?}",
+        h.message
     );
     // A valid frame the datagram service does not serve.
     let mut out = [0u8; 256];
@@ -138,11 +140,13 @@ fn garbage_datagrams_get_bad_frame_and_other_requests_unexpected() {
     .unwrap();
     sock.send(f).unwrap();
     let n = sock.recv(&mut buf).unwrap();
-    let (id, msg) = tether_host::client::udp::parse(&buf[..n]).unwrap();
-    assert_eq!(id, 9);
+    let reply = tether_host::client::udp::parse(&buf[..n]).unwrap();
+    let h = tether_proto::Header::parse(&reply).unwrap();
+    assert_eq!(h.request_id, 9);
     assert!(
-        matches!(msg, tether_host::conn::Msg::Error { code, .. } if code.0 == 8),
-        "{msg:?}"
+        matches!(h.message, tether_proto::Message::Error { code, .. } if code.0 == 8),
+        "{:?}",
+        h.message
     );
     // Still serving.
     let o = run(&["echo", &s.host(), "ok"]);

@@ -3,86 +3,148 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::time::Duration;
 
-use tether_proto::{ExitStatus, Message, Stream};
+use tether_proto::client::{Event, ReqId, Request};
+use tether_proto::{Argv, Command, ExitStatus, Stream};
 use tokio::io::AsyncBufReadExt as _;
 
-use super::{connect, ConnectOpts, Session};
+use super::remote::{closed, Nothing};
+use super::{connect, ConnectOpts, Remote};
 use crate::addr::HostSpec;
-use crate::conn::{exec_message, Msg, OwnedCommand};
 use crate::error::Error;
+
+/// A command to run, as the user gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cmdline {
+    /// Program and arguments, run without a shell.
+    Argv(Vec<String>),
+    /// One line for the server's shell.
+    Shell(String),
+}
+
+/// How one `exec` went.
+enum Outcome {
+    Exited(ExitStatus),
+    Failed(Error),
+}
 
 /// Run `command` on the server, streaming its stdout and stderr to ours as
 /// they arrive, byte for byte. Ctrl-C cancels the remote command. Returns
 /// how it ended.
 pub async fn exec(
-    sess: &mut Session,
-    command: &OwnedCommand,
+    remote: &mut Remote,
+    command: &Cmdline,
     timeout: Option<Duration>,
 ) -> Result<ExitStatus, Error> {
-    let id = sess.next_id();
     let timeout_ms = timeout.map(|t| t.as_millis().clamp(1, u32::MAX as u128) as u32);
     let mut argv = Vec::new();
-    let msg = exec_message(command, timeout_ms, &mut argv).map_err(Error::Usage)?;
-    sess.send(id, msg, &[]).await?;
-    let mut buf = vec![0u8; sess.max_chunk];
-    let mut cancelled = false;
+    let command = match command {
+        Cmdline::Shell(line) => Command::Shell(line),
+        Cmdline::Argv(args) => {
+            argv.resize(args.iter().map(|a| a.len() + 1).sum(), 0);
+            let a = Argv::join(args, &mut argv).map_err(|_| {
+                Error::Usage("an argument contains a NUL byte, which cannot be sent".into())
+            })?;
+            Command::Argv(a)
+        }
+    };
+    let req = remote
+        .request(Request::Exec {
+            command,
+            timeout_ms,
+        })
+        .await?;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
-    loop {
-        let inc = tokio::select! {
-            r = sess.recv(id) => r?,
+    let mut cancelled = false;
+    let mut outcome = None;
+    while outcome.is_none() {
+        let mut cancel_now = false;
+        tokio::select! {
+            r = step(remote, req, &mut outcome) => r?,
             _ = &mut ctrl_c, if !cancelled => {
                 cancelled = true;
-                eprintln!("tether: cancelling the remote command (Ctrl-C again to leave at once)");
-                sess.send(0, Message::Cancel { target: id }, &[]).await?;
-                // A second Ctrl-C leaves at once.
-                tokio::spawn(async {
-                    if tokio::signal::ctrl_c().await.is_ok() {
-                        std::process::exit(130);
-                    }
-                });
-                continue;
+                cancel_now = true;
             }
-        };
-        match inc.msg {
-            Msg::Output { stream } => {
-                let mut left = inc.body_len;
-                while left > 0 {
-                    let want = left.min(buf.len() as u64) as usize;
-                    let n = sess.body(&mut buf[..want]).await?;
-                    if n == 0 {
-                        return Err(sess.lost("output frame cut short".into()));
-                    }
-                    left -= n as u64;
-                    let r = match stream {
-                        Stream::Stdout => {
-                            let mut o = std::io::stdout().lock();
-                            o.write_all(&buf[..n]).and_then(|_| o.flush())
-                        }
-                        Stream::Stderr => {
-                            let mut o = std::io::stderr().lock();
-                            o.write_all(&buf[..n]).and_then(|_| o.flush())
-                        }
-                    };
-                    if let Err(e) = r {
-                        // Our output is gone (a closed pipe): stop the command.
-                        let _ = sess.send(0, Message::Cancel { target: id }, &[]).await;
-                        return Err(Error::local(
-                            "writing the command's output to",
-                            if stream == Stream::Stdout {
-                                "stdout"
-                            } else {
-                                "stderr"
-                            },
-                            e,
-                        ));
-                    }
+        }
+        if cancel_now {
+            eprintln!("tether: cancelling the remote command (Ctrl-C again to leave at once)");
+            remote.cancel(req).await?;
+            // A second Ctrl-C leaves at once.
+            tokio::spawn(async {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
                 }
-            }
-            Msg::Exit { status } => return Ok(status),
-            other => return Err(sess.unexpected(other, "Output or Exit")),
+            });
+        }
+        if matches!(outcome, Some(Outcome::Failed(Error::Local { .. }))) && !cancelled {
+            // Our output is gone (a closed pipe): stop the command.
+            cancelled = true;
+            let _ = remote.cancel(req).await;
         }
     }
+    match outcome {
+        Some(Outcome::Exited(st)) => Ok(st),
+        Some(Outcome::Failed(e)) => Err(e),
+        None => unreachable!("the loop ends with an outcome"),
+    }
+}
+
+/// One step of an exec: output to ours, the end recorded.
+async fn step(remote: &mut Remote, req: ReqId, outcome: &mut Option<Outcome>) -> Result<(), Error> {
+    let host = remote.host.clone();
+    remote
+        .step(&mut Nothing, &mut |ev, _| {
+            match ev {
+                Event::Output {
+                    req: r,
+                    stream,
+                    bytes,
+                } if r == req => {
+                    if let Err(e) = write_out(stream, bytes) {
+                        *outcome = Some(Outcome::Failed(e));
+                    }
+                }
+                Event::Exit { req: r, status } if r == req => {
+                    *outcome = Some(Outcome::Exited(status))
+                }
+                Event::Failed {
+                    req: r,
+                    code,
+                    message,
+                    ..
+                } if r == req => {
+                    *outcome = Some(Outcome::Failed(Error::Remote {
+                        code,
+                        message: message.to_string(),
+                    }))
+                }
+                Event::Closed(e) => *outcome = Some(Outcome::Failed(closed(&host, e))),
+                _ => {}
+            }
+            Ok(())
+        })
+        .await
+}
+
+fn write_out(stream: Stream, bytes: &[u8]) -> Result<(), Error> {
+    let r = match stream {
+        Stream::Stdout => {
+            let mut o = std::io::stdout().lock();
+            o.write_all(bytes).and_then(|_| o.flush())
+        }
+        Stream::Stderr => {
+            let mut o = std::io::stderr().lock();
+            o.write_all(bytes).and_then(|_| o.flush())
+        }
+    };
+    r.map_err(|e| {
+        let what = if stream == Stream::Stdout {
+            "stdout"
+        } else {
+            "stderr"
+        };
+        Error::local("writing the command's output to", what, e)
+    })
 }
 
 /// Describe a non-normal end on stderr (a normal exit says nothing).
@@ -102,11 +164,11 @@ pub fn report_status(status: ExitStatus) {
 /// closed (a restart, an idle timeout) is reopened before the next line.
 pub async fn shell(host: &HostSpec, opts: &ConnectOpts) -> Result<i32, Error> {
     let interactive = std::io::stdin().is_terminal();
-    let mut sess = connect(host, opts).await?;
+    let mut remote = connect(host, opts).await?;
     if interactive {
         eprintln!(
             "connected to {host} ({}); each line runs remotely in sh, `exit` leaves",
-            sess.server_agent
+            remote.info.agent
         );
     }
     // Reconnecting after a restart waits for the server to come back.
@@ -140,11 +202,11 @@ pub async fn shell(host: &HostSpec, opts: &ConnectOpts) -> Result<i32, Error> {
         if line == "exit" {
             return Ok(last);
         }
-        if sess.is_closed().await {
+        if remote.is_closed() {
             eprintln!("tether: the server closed the connection; reconnecting to {host}");
-            sess = connect(host, &again).await?;
+            remote = connect(host, &again).await?;
         }
-        match exec(&mut sess, &OwnedCommand::Shell(line.to_string()), None).await {
+        match exec(&mut remote, &Cmdline::Shell(line.to_string()), None).await {
             Ok(status) => {
                 report_status(status);
                 last = status.shell_code();
@@ -155,7 +217,7 @@ pub async fn shell(host: &HostSpec, opts: &ConnectOpts) -> Result<i32, Error> {
             Err(e @ (Error::Lost { .. } | Error::Protocol { .. })) => {
                 eprintln!("tether: {e}");
                 eprintln!("tether: reconnecting to {host}");
-                sess = connect(host, &again).await?;
+                remote = connect(host, &again).await?;
                 last = 255;
             }
             Err(e) => {

@@ -1,26 +1,29 @@
 //! `tether get` and `tether put`: streamed in constant memory, SHA-256
-//! verified end to end (hashed while reading or receiving, never in a
-//! second pass), resumable, and atomic (the destination name only ever holds
-//! a complete, verified file).
+//! verified end to end (by the core's client engine, while receiving or
+//! sending), resumable, and atomic (the destination name only ever holds a
+//! complete, verified file).
 //!
-//! The network side runs on the async task; file reading or writing and
-//! hashing run on one blocking thread; chunks circulate between them through
-//! a small [`Pool`], so at most a few chunk buffers exist per transfer.
+//! The network side runs on the async task; file reading or writing runs
+//! on a blocking thread; a few chunk buffers circulate between them.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest as _, Sha256};
-use tether_proto::{Digest, Message};
+use sha2::Sha256;
+use tether_proto::client::{Event, LocalFailure, ReqId, Request, Resume, Uploads};
+use tether_proto::{Digest, ErrorCode};
 use tokio::sync::mpsc;
 
-use super::Session;
-use crate::conn::Msg;
+use super::remote::{closed, Local};
+use super::Remote;
 use crate::error::Error;
-use crate::pool::{Chunk, Pool};
 use crate::progress::Progress;
+use crate::reader::{self, ReadCmd, ReadDone, Reader};
+use crate::server::files::Fail;
 use crate::PART_SUFFIX;
 
 /// Options of a transfer.
@@ -34,6 +37,10 @@ pub struct TransferOpts {
     pub progress: bool,
     /// Limit the transfer to this many bytes per second.
     pub limit_rate: Option<u64>,
+    /// Retries after a BUSY server (transfer limit, a destination being uploaded).
+    pub retries: u32,
+    /// Wait before the first retry; doubles after each (at most 30 s).
+    pub retry_delay: Duration,
 }
 
 /// What a finished transfer did.
@@ -51,19 +58,33 @@ pub struct Report {
     pub elapsed: Duration,
     /// A partial was found but did not match, so the transfer started over.
     pub restarted: bool,
+    /// The destination already held exactly this file: nothing was sent.
+    pub identical: bool,
 }
 
-/// The partial download beside `local`: `LOCAL.tether-part`.
+/// The partial download beside `local`: `LOCAL.tether-part`, or, where that
+/// name would exceed 255 bytes, one made from the name's SHA-256.
 pub fn part_path(local: &Path) -> PathBuf {
-    let mut s = local.as_os_str().to_owned();
-    s.push(PART_SUFFIX);
-    PathBuf::from(s)
+    let name = local
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let plain = format!("{name}{PART_SUFFIX}");
+    let part = if plain.len() <= 255 {
+        plain
+    } else {
+        use sha2::Digest as _;
+        let h = Sha256::digest(name.as_bytes());
+        format!(".{}{PART_SUFFIX}", hex::encode(&h[..16]))
+    };
+    local.with_file_name(part)
 }
 
 /// Paces a transfer to a byte rate.
+#[derive(Debug)]
 struct Throttle {
     rate: Option<u64>,
-    start: tokio::time::Instant,
+    start: Instant,
     bytes: u64,
 }
 
@@ -71,266 +92,581 @@ impl Throttle {
     fn new(rate: Option<u64>) -> Self {
         Throttle {
             rate,
-            start: tokio::time::Instant::now(),
+            start: Instant::now(),
             bytes: 0,
         }
     }
-    async fn account(&mut self, n: usize) {
-        let Some(rate) = self.rate else { return };
+    fn account(&mut self, n: usize) {
         self.bytes += n as u64;
-        let due = self.start + Duration::from_secs_f64(self.bytes as f64 / rate as f64);
-        tokio::time::sleep_until(due).await;
+    }
+    /// When the next byte may move.
+    fn due(&self) -> Option<Instant> {
+        let rate = self.rate?;
+        let at = self.start + Duration::from_secs_f64(self.bytes as f64 / rate.max(1) as f64);
+        (at > Instant::now()).then_some(at)
     }
 }
 
-fn hash_file_prefix(file: &mut File, n: u64) -> io::Result<Sha256> {
-    file.seek(SeekFrom::Start(0))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut left = n;
-    while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        let got = file.read(&mut buf[..want])?;
-        if got == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the file shrank while being read",
-            ));
-        }
-        h.update(&buf[..got]);
-        left -= got as u64;
-    }
-    Ok(h)
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(t) => t,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
-}
-
-/// After a Cancel, read the request's frames up to its last one.
-async fn drain_request(sess: &mut Session, id: u32) -> Result<(), Error> {
+/// Retry `attempt` while the server answers BUSY, as `opts` allows.
+async fn with_retries<T, F>(opts: &TransferOpts, mut attempt: F) -> Result<T, Error>
+where
+    F: AsyncFnMut() -> Result<T, Error>,
+{
+    let mut delay = opts.retry_delay;
+    let mut tries = 0;
     loop {
-        let inc = sess.recv(id).await?;
-        match inc.msg {
-            Msg::Error { .. } | Msg::Done { .. } => return Ok(()),
-            _ => {}
+        match attempt().await {
+            Err(Error::Remote {
+                code: ErrorCode::BUSY,
+                message,
+            }) if tries < opts.retries => {
+                tries += 1;
+                tracing::warn!(
+                    "{message}; retrying in {delay:.1?} (retry {tries} of {})",
+                    opts.retries
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            r => return r,
         }
     }
+}
+
+// ---------------------------------------------------------------- get
+
+/// What the writer thread of a download is asked.
+enum WriteMsg {
+    Data(Vec<u8>),
+    /// The partial does not hold a prefix of the file: start it over.
+    Truncate,
+}
+
+/// The download's local side: bytes to the writer thread, in order.
+struct Download {
+    tx: mpsc::Sender<WriteMsg>,
+    /// Written back by the writer thread (for reuse), or its failure.
+    back: mpsc::UnboundedReceiver<Result<Vec<u8>, io::Error>>,
+    spare: Vec<Vec<u8>>,
+    waiting: VecDeque<WriteMsg>,
+    failed: Option<io::Error>,
+    throttle: Throttle,
+    progress: Progress,
+    received: u64,
+}
+
+impl Download {
+    fn queue(&mut self, m: WriteMsg) {
+        if !self.waiting.is_empty() {
+            self.waiting.push_back(m);
+            return;
+        }
+        if let Err(mpsc::error::TrySendError::Full(m)) = self.tx.try_send(m) {
+            self.waiting.push_back(m);
+        }
+    }
+
+    fn data(&mut self, bytes: &[u8]) {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(bytes);
+        self.received += bytes.len() as u64;
+        self.progress.inc(bytes.len() as u64);
+        self.throttle.account(bytes.len());
+        self.queue(WriteMsg::Data(buf));
+    }
+}
+
+impl Uploads for Download {
+    fn hash_prefix(&mut self, _: ReqId, _: u64) -> Poll<Result<Sha256, LocalFailure<'_>>> {
+        Poll::Pending
+    }
+    fn read(&mut self, _: ReqId, _: u64, _: &mut [u8]) -> Poll<Result<usize, LocalFailure<'_>>> {
+        Poll::Pending
+    }
+    fn check_unchanged(&mut self, _: ReqId) -> Poll<Result<(), LocalFailure<'_>>> {
+        Poll::Pending
+    }
+}
+
+impl Local for Download {
+    async fn ready(&mut self) -> Option<ReqId> {
+        loop {
+            while let Ok(r) = self.back.try_recv() {
+                match r {
+                    Ok(buf) => self.spare.push(buf),
+                    Err(e) => self.failed = Some(e),
+                }
+            }
+            if let Some(m) = self.waiting.pop_front() {
+                if self.tx.send(m).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                return None;
+            }
+            if let Some(at) = self.throttle.due() {
+                tokio::time::sleep_until(at.into()).await;
+                return None;
+            }
+            match self.back.recv().await {
+                Some(Ok(buf)) => self.spare.push(buf),
+                Some(Err(e)) => {
+                    self.failed = Some(e);
+                    return None;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+    fn paused(&self) -> bool {
+        !self.waiting.is_empty() || self.throttle.due().is_some()
+    }
+}
+
+/// Open the partial download; with `resume`, hash what it holds.
+fn open_partial(part: &Path, resume: bool) -> io::Result<(File, Option<Resume>)> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(part)?;
+    let len = f.metadata()?.len();
+    if resume && len > 0 {
+        let mut src = LocalFile::new(f, String::new(), len)?;
+        let prefix = reader::hash_prefix(&mut src, len).map_err(|e| io::Error::other(e.message))?;
+        return Ok((
+            src.file,
+            Some(Resume {
+                offset: len,
+                prefix,
+            }),
+        ));
+    }
+    f.set_len(0)?;
+    Ok((f, None))
+}
+
+/// The writer thread: bytes to the partial, buffers back.
+fn start_writer(
+    mut file: File,
+) -> (
+    mpsc::Sender<WriteMsg>,
+    mpsc::UnboundedReceiver<Result<Vec<u8>, io::Error>>,
+    tokio::task::JoinHandle<io::Result<File>>,
+) {
+    let (tx, mut rx) = mpsc::channel::<WriteMsg>(4);
+    let (back_tx, back) = mpsc::unbounded_channel();
+    let handle = tokio::task::spawn_blocking(move || {
+        while let Some(m) = rx.blocking_recv() {
+            let r = match m {
+                WriteMsg::Data(buf) => file.write_all(&buf).map(|()| buf),
+                WriteMsg::Truncate => file
+                    .set_len(0)
+                    .and_then(|()| file.seek(SeekFrom::Start(0)))
+                    .map(|_| Vec::new()),
+            };
+            let failed = r.is_err();
+            let _ = back_tx.send(r);
+            if failed {
+                return Err(io::Error::other("write failed"));
+            }
+        }
+        file.sync_all()?;
+        Ok(file)
+    });
+    (tx, back, handle)
 }
 
 /// Download `remote` to `local`.
 pub async fn get(
-    sess: &mut Session,
-    remote: &str,
+    remote: &mut Remote,
+    path: &str,
     local: &Path,
     opts: &TransferOpts,
 ) -> Result<Report, Error> {
     if local.symlink_metadata().is_ok() && !opts.force {
         return Err(Error::Exists(local.to_path_buf()));
     }
-    let part = part_path(local);
-    let p2 = part.clone();
-    let resume = opts.resume;
-    let (file, have, hasher) = blocking(move || -> io::Result<(File, u64, Sha256)> {
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&p2)?;
-        let len = f.metadata()?.len();
-        if resume && len > 0 {
-            let h = hash_file_prefix(&mut f, len)?;
-            Ok((f, len, h))
-        } else {
-            f.set_len(0)?;
-            Ok((f, 0, Sha256::new()))
+    if let Some(dir) = local.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(Error::local(
+                "cannot save into",
+                dir,
+                io::Error::new(io::ErrorKind::NotFound, "no such directory"),
+            ));
         }
-    })
-    .await
-    .map_err(|e| Error::local("cannot open the partial download", &part, e))?;
+    }
+    let part = part_path(local);
+    let (p2, resume) = (part.clone(), opts.resume);
+    let (file, mut held) = tokio::task::spawn_blocking(move || open_partial(&p2, resume))
+        .await
+        .map_err(|_| Error::Usage("the file thread failed".into()))?
+        .map_err(|e| Error::local("cannot open the partial download", &part, e))?;
     let t0 = Instant::now();
-    let (mut file, mut have, mut hasher) = (file, have, hasher);
+    let (tx, back, writer) = start_writer(file);
+    let mut side = Download {
+        tx,
+        back,
+        spare: Vec::new(),
+        waiting: VecDeque::new(),
+        failed: None,
+        throttle: Throttle::new(opts.limit_rate),
+        progress: Progress::new(false, "get", 0, 0),
+        received: 0,
+    };
     let mut restarted = false;
-    loop {
-        let id = sess.next_id();
-        sess.send(
-            id,
-            Message::Get {
-                path: remote,
-                offset: have,
-            },
-            &[],
-        )
-        .await?;
-        let (size, start, prefix) = match sess.recv(id).await?.msg {
-            Msg::FileInfo {
+    let r = loop {
+        let resumed_at = held.as_ref().map_or(0, |r| r.offset);
+        let r = with_retries(opts, async || {
+            receive(remote, path, held.clone(), &mut side, opts).await
+        })
+        .await;
+        match r {
+            Ok(Received::Mismatch) => {
+                tracing::info!(
+                    "the partial download does not match the remote file; starting over"
+                );
+                side.queue(WriteMsg::Truncate);
+                held = None;
+                restarted = true;
+            }
+            Ok(Received::Done {
                 size,
                 offset,
-                prefix_sha256,
-                ..
-            } => (size, offset, prefix_sha256),
-            other => return Err(sess.unexpected(other, "FileInfo")),
-        };
-        let mismatch = if start == 0 {
-            have > 0
-        } else {
-            start != have || prefix != Some(hasher.clone().finalize().into())
-        };
-        if mismatch {
-            if start > 0 {
-                // The partial is not a prefix of the remote file: start over.
-                sess.send(0, Message::Cancel { target: id }, &[]).await?;
-                drain_request(sess, id).await?;
+                digest,
+            }) => {
+                break Ok((size, offset, digest, resumed_at));
             }
-            tracing::info!("the partial download does not match the remote file; starting over");
-            file.set_len(0)
-                .map_err(|e| Error::local("cannot truncate", &part, e))?;
-            have = 0;
-            hasher = Sha256::new();
-            restarted = true;
-            if start > 0 {
-                continue;
-            }
-        }
-        let resumed_at = have;
-        file.seek(SeekFrom::Start(have))
-            .map_err(|e| Error::local("cannot seek in", &part, e))?;
-        let progress = Progress::new(opts.progress, "get", size, have);
-        let r = receive(sess, id, file, hasher, size, have, opts, &progress, &part).await;
-        progress.finish();
-        let (f, digest, received) = r?;
-        // Verified: make it durable, then put it in place.
-        f.sync_all()
-            .map_err(|e| Error::local("cannot sync", &part, e))?;
-        drop(f);
-        if local.symlink_metadata().is_ok() && !opts.force {
-            return Err(Error::Exists(local.to_path_buf()));
-        }
-        std::fs::rename(&part, local)
-            .map_err(|e| Error::local("cannot rename the verified download to", local, e))?;
-        return Ok(Report {
-            size,
-            resumed_at,
-            transferred: received,
-            digest,
-            elapsed: t0.elapsed(),
-            restarted,
-        });
-    }
-}
-
-type WriterResult = Result<(File, Sha256), io::Error>;
-
-#[allow(clippy::too_many_arguments)]
-async fn receive(
-    sess: &mut Session,
-    id: u32,
-    file: File,
-    hasher: Sha256,
-    size: u64,
-    start: u64,
-    opts: &TransferOpts,
-    progress: &Progress,
-    part: &Path,
-) -> Result<(File, Digest, u64), Error> {
-    let pool = Pool::new(sess.max_chunk);
-    let ret = pool.returner();
-    let (tx, mut rx) = mpsc::channel::<Chunk>(4);
-    let writer = tokio::task::spawn_blocking(move || -> WriterResult {
-        let (mut file, mut hasher) = (file, hasher);
-        while let Some(c) = rx.blocking_recv() {
-            hasher.update(c.bytes());
-            file.write_all(c.bytes())?;
-            ret.give(c.buf);
-        }
-        Ok((file, hasher))
-    });
-    let mut throttle = Throttle::new(opts.limit_rate);
-    let mut got = start;
-    let fail_writer = |writer: tokio::task::JoinHandle<WriterResult>| async move {
-        match writer.await {
-            Ok(Err(e)) => Error::local("cannot write", part, e),
-            _ => Error::local(
-                "cannot write",
-                part,
-                io::Error::other("the writer thread ended"),
-            ),
+            Err(e) => break Err(e),
         }
     };
-    loop {
-        let inc = sess.recv(id).await?;
-        match inc.msg {
-            Msg::Data => {
-                if got + inc.body_len > size {
-                    return Err(sess.protocol(format!(
-                        "the server sent more than the announced {size} bytes"
-                    )));
-                }
-                let mut buf = pool.take();
-                if inc.body_len as usize > buf.len() {
-                    return Err(
-                        sess.protocol("a data frame exceeds the negotiated chunk size".into())
-                    );
-                }
-                let n = sess.body(&mut buf[..inc.body_len as usize]).await?;
-                got += n as u64;
-                progress.inc(n as u64);
-                if tx.send(Chunk { buf, len: n }).await.is_err() {
-                    return Err(fail_writer(writer).await);
-                }
-                throttle.account(n).await;
-            }
-            Msg::Done { bytes, sha256 } => {
-                drop(tx);
-                let (file, hasher) = match writer.await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(e)) => return Err(Error::local("cannot write", part, e)),
-                    Err(_) => {
-                        return Err(Error::local(
-                            "cannot write",
-                            part,
-                            io::Error::other("the writer thread failed"),
-                        ))
+    side.progress.finish();
+    let Download {
+        tx,
+        waiting,
+        failed,
+        ..
+    } = side;
+    for m in waiting {
+        let _ = tx.send(m).await;
+    }
+    drop(tx);
+    let written = writer
+        .await
+        .map_err(|_| Error::Usage("the writer thread failed".into()))?;
+    let (size, offset, digest, _) = r?;
+    if let Some(e) = failed {
+        return Err(Error::local("cannot write", &part, e));
+    }
+    let file = written.map_err(|e| Error::local("cannot write", &part, e))?;
+    drop(file);
+    if local.symlink_metadata().is_ok() && !opts.force {
+        return Err(Error::Exists(local.to_path_buf()));
+    }
+    std::fs::rename(&part, local)
+        .map_err(|e| Error::local("cannot rename the verified download to", local, e))?;
+    Ok(Report {
+        size,
+        resumed_at: offset,
+        transferred: size - offset,
+        digest,
+        elapsed: t0.elapsed(),
+        restarted,
+        identical: false,
+    })
+}
+
+enum Received {
+    Done {
+        size: u64,
+        offset: u64,
+        digest: Digest,
+    },
+    Mismatch,
+}
+
+/// One Get request to its end.
+async fn receive(
+    remote: &mut Remote,
+    path: &str,
+    resume: Option<Resume>,
+    side: &mut Download,
+    opts: &TransferOpts,
+) -> Result<Received, Error> {
+    let req = remote.request(Request::Get { path, resume }).await?;
+    let host = remote.host.clone();
+    let mut offset = 0;
+    let mut result = None;
+    while result.is_none() {
+        remote
+            .step(side, &mut |ev, side| {
+                match ev {
+                    Event::GetStarted {
+                        req: r,
+                        size,
+                        offset: at,
+                        ..
+                    } if r == req => {
+                        offset = at;
+                        side.progress = Progress::new(opts.progress, "get", size, at);
                     }
-                };
-                let digest: Digest = hasher.finalize().into();
-                if bytes != size || got != size {
-                    return Err(sess.protocol(format!(
-                        "announced {size} bytes, received {got}, Done says {bytes}"
-                    )));
+                    Event::Data { req: r, bytes } if r == req => side.data(bytes),
+                    Event::Finished {
+                        req: r,
+                        bytes,
+                        sha256,
+                    } if r == req => {
+                        result = Some(Ok(Received::Done {
+                            size: bytes,
+                            offset,
+                            digest: sha256.unwrap_or_default(),
+                        }))
+                    }
+                    Event::ResumeMismatch { req: r } if r == req => {
+                        result = Some(Ok(Received::Mismatch))
+                    }
+                    Event::Failed {
+                        req: r,
+                        code,
+                        message,
+                        ..
+                    } if r == req => result = Some(Err(failed(code, message))),
+                    Event::Closed(e) => result = Some(Err(closed(&host, e))),
+                    _ => {}
                 }
-                if sha256 != Some(digest) {
-                    drop(file);
-                    let _ = std::fs::remove_file(part);
-                    return Err(Error::DigestMismatch {
-                        path: part.display().to_string(),
-                        expected: sha256.map(hex::encode).unwrap_or_else(|| "none".into()),
-                        got: hex::encode(digest),
-                    });
-                }
-                return Ok((file, digest, got - start));
+                Ok(())
+            })
+            .await?;
+        if let Some(e) = side.failed.take() {
+            let _ = remote.cancel(req).await;
+            return Err(Error::local("cannot write", "the partial download", e));
+        }
+    }
+    result.unwrap_or_else(|| unreachable!())
+}
+
+/// A request's failure, local (a digest) or the server's.
+fn failed(code: ErrorCode, message: &str) -> Error {
+    Error::Remote {
+        code,
+        message: message.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------- put
+
+/// The local file being uploaded, and what identifies its content.
+#[derive(Debug)]
+struct LocalFile {
+    file: File,
+    shown: String,
+    size: u64,
+    identity: Option<(u64, Option<std::time::SystemTime>, u64)>,
+}
+
+impl LocalFile {
+    fn new(file: File, shown: String, size: u64) -> io::Result<Self> {
+        let m = file.metadata()?;
+        Ok(LocalFile {
+            identity: Some(identity(&m)),
+            file,
+            shown,
+            size,
+        })
+    }
+}
+
+fn identity(m: &std::fs::Metadata) -> (u64, Option<std::time::SystemTime>, u64) {
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(m);
+    #[cfg(not(unix))]
+    let ino = 0;
+    (m.len(), m.modified().ok(), ino)
+}
+
+impl io::Read for LocalFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        io::Read::read(&mut self.file, buf)
+    }
+}
+
+impl io::Seek for LocalFile {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.file.seek(pos)
+    }
+}
+
+impl reader::Source for LocalFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn shown(&self) -> &str {
+        &self.shown
+    }
+    fn check_unchanged(&self) -> Result<(), Fail> {
+        let now = self.file.metadata().map(|m| identity(&m)).ok();
+        let at_path = std::fs::metadata(&self.shown).map(|m| identity(&m)).ok();
+        if now != self.identity || at_path.is_some_and(|p| p.2 != self.identity.map_or(0, |i| i.2))
+        {
+            return Err(reader::changed(&self.shown));
+        }
+        Ok(())
+    }
+}
+
+/// The upload's local side: the reader thread's answers, kept until the
+/// engine asks.
+struct Upload {
+    reader: Reader,
+    answers: mpsc::UnboundedReceiver<ReadDone>,
+    chunks: VecDeque<Vec<u8>>,
+    at: usize,
+    prefix: Option<Result<Sha256, Fail>>,
+    unchanged: Option<Result<(), Fail>>,
+    failed: Option<Fail>,
+    asked: bool,
+    eof: bool,
+    waiting: Option<ReqId>,
+    throttle: Throttle,
+    progress: Progress,
+    sent: u64,
+}
+
+impl Upload {
+    fn take(&mut self, d: ReadDone) {
+        match d {
+            ReadDone::Prefix(r) => self.prefix = Some(r),
+            ReadDone::Unchanged(r) => self.unchanged = Some(r),
+            ReadDone::Chunk(Ok(b)) if b.is_empty() => self.eof = true,
+            ReadDone::Chunk(Ok(b)) => self.chunks.push_back(b),
+            ReadDone::Chunk(Err(f)) => self.failed = Some(f),
+        }
+    }
+
+    fn wait(&mut self, req: ReqId) -> Poll<Result<(), LocalFailure<'_>>> {
+        self.waiting = Some(req);
+        Poll::Pending
+    }
+}
+
+fn local(f: &Fail) -> LocalFailure<'_> {
+    LocalFailure {
+        code: f.code,
+        message: &f.message,
+    }
+}
+
+impl Uploads for Upload {
+    fn hash_prefix(&mut self, req: ReqId, len: u64) -> Poll<Result<Sha256, LocalFailure<'_>>> {
+        if !self.asked {
+            self.asked = true;
+            let _ = self.reader.cmds.send(ReadCmd::Hash(len));
+        }
+        if self.prefix.is_none() {
+            self.waiting = Some(req);
+            return Poll::Pending;
+        }
+        self.asked = false;
+        match self.prefix.take() {
+            Some(Ok(h)) => Poll::Ready(Ok(h)),
+            Some(Err(f)) => {
+                self.failed = Some(f);
+                Poll::Ready(Err(local(
+                    self.failed.as_ref().unwrap_or_else(|| unreachable!()),
+                )))
             }
-            other => return Err(sess.unexpected(other, "Data or Done")),
+            None => Poll::Pending,
+        }
+    }
+
+    fn read(
+        &mut self,
+        req: ReqId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Poll<Result<usize, LocalFailure<'_>>> {
+        if !self.asked {
+            self.asked = true;
+            let _ = self.reader.cmds.send(ReadCmd::Stream(offset));
+        }
+        if self.failed.is_some() {
+            return Poll::Ready(Err(local(
+                self.failed.as_ref().unwrap_or_else(|| unreachable!()),
+            )));
+        }
+        if self.throttle.due().is_some() {
+            self.waiting = Some(req);
+            return Poll::Pending;
+        }
+        let Some(front) = self.chunks.front() else {
+            if self.eof {
+                return Poll::Ready(Ok(0));
+            }
+            self.waiting = Some(req);
+            return Poll::Pending;
+        };
+        let n = buf.len().min(front.len() - self.at);
+        buf[..n].copy_from_slice(&front[self.at..self.at + n]);
+        self.at += n;
+        if self.at == front.len() {
+            self.at = 0;
+            if let Some(b) = self.chunks.pop_front() {
+                let _ = self.reader.credits.send(b);
+            }
+        }
+        self.sent += n as u64;
+        self.progress.inc(n as u64);
+        self.throttle.account(n);
+        Poll::Ready(Ok(n))
+    }
+
+    fn check_unchanged(&mut self, req: ReqId) -> Poll<Result<(), LocalFailure<'_>>> {
+        if self.unchanged.is_none() {
+            if !self.chunks.is_empty() || !self.asked {
+                return self.wait(req);
+            }
+            let _ = self.reader.cmds.send(ReadCmd::Check);
+            self.asked = false;
+            return self.wait(req);
+        }
+        match self.unchanged.take() {
+            Some(Ok(())) => Poll::Ready(Ok(())),
+            Some(Err(f)) => {
+                self.failed = Some(f);
+                Poll::Ready(Err(local(
+                    self.failed.as_ref().unwrap_or_else(|| unreachable!()),
+                )))
+            }
+            None => Poll::Pending,
         }
     }
 }
 
-/// What the reading thread of a put hands over.
-enum FromFile {
-    Chunk(Chunk),
-    End(Digest),
-    Fail(io::Error),
+impl Local for Upload {
+    async fn ready(&mut self) -> Option<ReqId> {
+        if let (Some(at), Some(_)) = (self.throttle.due(), self.waiting) {
+            tokio::time::sleep_until(at.into()).await;
+            return self.waiting.take();
+        }
+        match self.answers.recv().await {
+            Some(d) => {
+                self.take(d);
+                while let Ok(d) = self.answers.try_recv() {
+                    self.take(d);
+                }
+                self.waiting.take()
+            }
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// Upload `local` to `remote`.
 pub async fn put(
-    sess: &mut Session,
+    remote: &mut Remote,
     local: &Path,
-    remote: &str,
+    path: &str,
     opts: &TransferOpts,
 ) -> Result<Report, Error> {
     let file = File::open(local).map_err(|e| Error::local("cannot open", local, e))?;
@@ -341,196 +677,225 @@ pub async fn put(
         return Err(Error::local(
             "cannot upload",
             local,
-            io::Error::other("not a regular file"),
+            io::Error::other("it is not a regular file"),
         ));
     }
+    drop(file);
     let size = meta.len();
     let t0 = Instant::now();
     let mut resume = opts.resume;
     let mut restarted = false;
-    let mut file = file;
     loop {
-        let id = sess.next_id();
-        sess.send(
-            id,
-            Message::Put {
-                path: remote,
-                size,
-                force: opts.force,
-                resume,
-            },
-            &[],
-        )
-        .await?;
-        let (offset, prefix) = match sess.recv(id).await?.msg {
-            Msg::PutReady {
-                offset,
-                prefix_sha256,
-            } => (offset, prefix_sha256),
-            other => return Err(sess.unexpected(other, "PutReady")),
-        };
-        let mut hasher = Sha256::new();
-        if offset > 0 {
-            let ok = offset <= size && {
-                let mut f = file
-                    .try_clone()
-                    .map_err(|e| Error::local("cannot read", local, e))?;
-                let h = blocking(move || hash_file_prefix(&mut f, offset).map(|h| (f, h)))
-                    .await
-                    .map_err(|e| Error::local("cannot read", local, e))?;
-                file = h.0;
-                hasher = h.1;
-                prefix == Some(hasher.clone().finalize().into())
-            };
-            if !ok {
+        let r = with_retries(opts, async || {
+            send(remote, local, path, size, resume, opts).await
+        })
+        .await;
+        match r {
+            Ok(Sent::Mismatch) => {
                 tracing::info!("the server's partial upload does not match; starting over");
-                sess.send(0, Message::Cancel { target: id }, &[]).await?;
-                drain_request(sess, id).await?;
                 resume = false;
                 restarted = true;
-                continue;
             }
-        }
-        file.seek(SeekFrom::Start(offset))
-            .map_err(|e| Error::local("cannot seek in", local, e))?;
-        let progress = Progress::new(opts.progress, "put", size, offset);
-        let f = file
-            .try_clone()
-            .map_err(|e| Error::local("cannot read", local, e))?;
-        let r = send(
-            sess,
-            id,
-            f,
-            hasher,
-            (size - offset, size),
-            opts,
-            &progress,
-            local,
-        )
-        .await;
-        progress.finish();
-        let digest = r?;
-        match sess.recv(id).await?.msg {
-            Msg::Done { bytes, sha256 } => {
-                if bytes != size || sha256 != Some(digest) {
-                    return Err(sess.protocol(format!(
-                        "the server confirmed {bytes} bytes with digest {}, expected {size} bytes with {}",
-                        sha256.map(hex::encode).unwrap_or_default(),
-                        hex::encode(digest)
-                    )));
+            Ok(Sent::Done { offset, digest }) => {
+                return Ok(Report {
+                    size,
+                    resumed_at: offset,
+                    transferred: size - offset,
+                    digest,
+                    elapsed: t0.elapsed(),
+                    restarted,
+                    identical: false,
+                })
+            }
+            Err(Error::Remote {
+                code: ErrorCode::EXISTS,
+                message,
+            }) if !opts.force => {
+                return match identical(remote, local, path, size).await? {
+                    Some(digest) => Ok(Report {
+                        size,
+                        resumed_at: size,
+                        transferred: 0,
+                        digest,
+                        elapsed: t0.elapsed(),
+                        restarted,
+                        identical: true,
+                    }),
+                    None => Err(Error::Remote {
+                        code: ErrorCode::EXISTS,
+                        message,
+                    }),
                 }
             }
-            other => return Err(sess.unexpected(other, "Done")),
+            Err(e) => return Err(e),
         }
-        return Ok(Report {
-            size,
-            resumed_at: offset,
-            transferred: size - offset,
-            digest,
-            elapsed: t0.elapsed(),
-            restarted,
-        });
     }
 }
 
-enum Ev {
-    Net(Result<crate::conn::Incoming, Error>),
-    File(Option<FromFile>),
+enum Sent {
+    Done { offset: u64, digest: Digest },
+    Mismatch,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Start a reader thread over the local file.
+fn open_upload(local: &Path, size: u64, opts: &TransferOpts) -> Upload {
+    let (tx, answers) = mpsc::unbounded_channel();
+    let (p, shown) = (local.to_path_buf(), local.display().to_string());
+    let tx2 = tx.clone();
+    let reader = reader::start(
+        move || {
+            File::open(&p)
+                .and_then(|f| LocalFile::new(f, shown.clone(), size))
+                .map_err(|e| crate::server::files::io_fail(&e, &shown))
+        },
+        move |r: &Result<LocalFile, Fail>| match r {
+            Ok(_) => true,
+            Err(f) => {
+                let _ = tx2.send(ReadDone::Chunk(Err(f.clone())));
+                false
+            }
+        },
+        move |d| tx.send(d).is_ok(),
+    );
+    Upload {
+        reader,
+        answers,
+        chunks: VecDeque::new(),
+        at: 0,
+        prefix: None,
+        unchanged: None,
+        failed: None,
+        asked: false,
+        eof: false,
+        waiting: None,
+        throttle: Throttle::new(opts.limit_rate),
+        progress: Progress::new(false, "put", size, 0),
+        sent: 0,
+    }
+}
+
+/// One Put request to its end.
 async fn send(
-    sess: &mut Session,
-    id: u32,
-    file: File,
-    hasher: Sha256,
-    (len, total): (u64, u64),
-    opts: &TransferOpts,
-    progress: &Progress,
+    remote: &mut Remote,
     local: &Path,
-) -> Result<Digest, Error> {
-    let pool = Pool::new(sess.max_chunk);
-    let ret = pool.returner();
-    let (tx, mut rx) = mpsc::channel::<FromFile>(4);
-    tokio::task::spawn_blocking(move || {
-        let (mut file, mut hasher) = (file, hasher);
-        let mut left = len;
-        while left > 0 {
-            let mut buf = pool.take();
-            let want = left.min(buf.len() as u64) as usize;
-            let mut have = 0;
-            while have < want {
-                match file.read(&mut buf[have..want]) {
-                    Ok(0) => break,
-                    Ok(n) => have += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let _ = tx.blocking_send(FromFile::Fail(e));
-                        return;
+    path: &str,
+    size: u64,
+    resume: bool,
+    opts: &TransferOpts,
+) -> Result<Sent, Error> {
+    let mut side = open_upload(local, size, opts);
+    let req = remote
+        .request(Request::Put {
+            path,
+            size,
+            force: opts.force,
+            resume,
+        })
+        .await?;
+    let host = remote.host.clone();
+    let mut offset = 0;
+    let mut result = None;
+    while result.is_none() {
+        remote
+            .step(&mut side, &mut |ev, side| {
+                match ev {
+                    Event::PutStarted { req: r, offset: at } if r == req => {
+                        offset = at;
+                        side.progress = Progress::new(opts.progress, "put", size, at);
                     }
+                    Event::Finished { req: r, sha256, .. } if r == req => {
+                        result = Some(Ok(Sent::Done {
+                            offset,
+                            digest: sha256.unwrap_or_default(),
+                        }))
+                    }
+                    Event::ResumeMismatch { req: r } if r == req => {
+                        result = Some(Ok(Sent::Mismatch))
+                    }
+                    Event::Failed {
+                        req: r,
+                        code,
+                        message,
+                        origin,
+                    } if r == req => {
+                        result = Some(Err(match origin {
+                            tether_proto::client::Origin::Local => Error::Local {
+                                what: "cannot upload",
+                                path: local.to_path_buf(),
+                                source: io::Error::other(message.to_string()),
+                            },
+                            _ => failed(code, message),
+                        }))
+                    }
+                    Event::Closed(e) => result = Some(Err(closed(&host, e))),
+                    _ => {}
                 }
-            }
-            if have < want {
-                let e = io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the file shrank while being uploaded",
-                );
-                let _ = tx.blocking_send(FromFile::Fail(e));
-                return;
-            }
-            hasher.update(&buf[..have]);
-            left -= have as u64;
-            if tx
-                .blocking_send(FromFile::Chunk(Chunk { buf, len: have }))
-                .is_err()
-            {
-                return;
-            }
-        }
-        let _ = tx.blocking_send(FromFile::End(hasher.finalize().into()));
-    });
-    let mut throttle = Throttle::new(opts.limit_rate);
-    loop {
-        let ev = tokio::select! {
-            biased;
-            r = sess.recv(id) => Ev::Net(r),
-            m = rx.recv() => Ev::File(m),
-        };
-        match ev {
-            // The server only speaks before our Done to refuse.
-            Ev::Net(r) => {
-                let inc = r?;
-                return Err(sess.unexpected(inc.msg, "no reply while sending"));
-            }
-            Ev::File(Some(FromFile::Chunk(c))) => {
-                sess.send(id, Message::Data, c.bytes()).await?;
-                progress.inc(c.len as u64);
-                throttle.account(c.len).await;
-                ret.give(c.buf);
-            }
-            Ev::File(Some(FromFile::End(d))) => {
-                sess.send(
-                    id,
-                    Message::Done {
-                        bytes: total,
-                        sha256: Some(d),
-                    },
-                    &[],
-                )
-                .await?;
-                return Ok(d);
-            }
-            Ev::File(Some(FromFile::Fail(e))) => {
-                let _ = sess.send(0, Message::Cancel { target: id }, &[]).await;
-                return Err(Error::local("cannot read", local, e));
-            }
-            Ev::File(None) => {
-                return Err(Error::local(
-                    "cannot read",
-                    local,
-                    io::Error::other("the reader thread ended"),
-                ))
-            }
+                Ok(())
+            })
+            .await?;
+    }
+    side.progress.finish();
+    result.unwrap_or_else(|| unreachable!())
+}
+
+/// The destination exists: whether it holds exactly `local` (a Get from
+/// its end, whose prefix digest is the whole file's). Returns its digest.
+async fn identical(
+    remote: &mut Remote,
+    local: &Path,
+    path: &str,
+    size: u64,
+) -> Result<Option<Digest>, Error> {
+    let (p, shown) = (local.to_path_buf(), local.display().to_string());
+    let prefix = tokio::task::spawn_blocking(move || {
+        let mut f = File::open(&p)
+            .and_then(|f| LocalFile::new(f, shown.clone(), size))
+            .map_err(|e| Error::local("cannot read", &p, e))?;
+        reader::hash_prefix(&mut f, size)
+            .map_err(|e| Error::local("cannot read", &p, io::Error::other(e.message)))
+    })
+    .await
+    .map_err(|_| Error::Usage("the file thread failed".into()))??;
+    let req = remote
+        .request(Request::Get {
+            path,
+            resume: Some(Resume {
+                offset: size,
+                prefix,
+            }),
+        })
+        .await?;
+    let host = remote.host.clone();
+    let mut result: Option<Result<Option<Digest>, Error>> = None;
+    let (mut other_size, mut cancelled) = (false, false);
+    while result.is_none() {
+        remote
+            .step(&mut super::remote::Nothing, &mut |ev, _| {
+                match ev {
+                    // Another size: not the same file; its bytes are not wanted.
+                    Event::GetStarted { req: r, offset, .. } if r == req && offset != size => {
+                        other_size = true
+                    }
+                    Event::Finished {
+                        req: r,
+                        bytes,
+                        sha256,
+                    } if r == req => {
+                        let same = bytes == size && !other_size;
+                        result = Some(Ok(if same { sha256 } else { None }))
+                    }
+                    Event::ResumeMismatch { req: r } if r == req => result = Some(Ok(None)),
+                    Event::Failed { req: r, .. } if r == req => result = Some(Ok(None)),
+                    Event::Closed(e) => result = Some(Err(closed(&host, e))),
+                    _ => {}
+                }
+                Ok(())
+            })
+            .await?;
+        if other_size && !cancelled && result.is_none() {
+            cancelled = true;
+            remote.cancel(req).await?;
         }
     }
+    result.unwrap_or(Ok(None))
 }

@@ -12,7 +12,6 @@ use tracing::debug;
 
 use super::resolve;
 use crate::addr::HostSpec;
-use crate::conn::Msg;
 use crate::error::Error;
 
 /// Timeout and retries of datagram requests.
@@ -27,8 +26,8 @@ pub struct UdpOpts {
 /// A reply and where it came from.
 #[derive(Debug)]
 pub struct Reply {
-    /// The reply.
-    pub msg: Msg,
+    /// The reply's header bytes (parse with [`Reply::message`]).
+    header: Vec<u8>,
     /// Round-trip time of the answered attempt.
     pub rtt: Duration,
     /// Attempts used.
@@ -43,6 +42,13 @@ pub struct UdpClient {
     sock: UdpSocket,
     host: String,
     addr: SocketAddr,
+}
+
+impl Reply {
+    /// The reply's message (it parsed when it arrived).
+    pub fn message(&self) -> Message<'_> {
+        Header::parse(&self.header).map_or(Message::Data, |h| h.message)
+    }
 }
 
 impl UdpClient {
@@ -127,19 +133,30 @@ impl UdpClient {
                     });
                 }
                 match parse(&buf[..n]) {
-                    Ok((rid, msg)) if rid == id => {
-                        if let Msg::Error { code, message } = msg {
-                            return Err(Error::Remote { code, message });
+                    Ok(header) => {
+                        let Ok(h) = Header::parse(&header) else {
+                            continue;
+                        };
+                        if h.request_id != id {
+                            debug!(
+                                "ignoring {:?} for request {}",
+                                h.message.kind(),
+                                h.request_id
+                            );
+                            continue;
+                        }
+                        if let Message::Error { code, message } = h.message {
+                            return Err(Error::Remote {
+                                code,
+                                message: message.to_string(),
+                            });
                         }
                         return Ok(Reply {
-                            msg,
+                            header,
                             rtt: sent.elapsed(),
                             attempts: attempt,
                             from: self.addr,
                         });
-                    }
-                    Ok((rid, msg)) => {
-                        debug!("ignoring {} for request {rid}", msg.name())
                     }
                     Err(e) => debug!("ignoring a datagram that is not a tether frame: {e}"),
                 }
@@ -157,8 +174,8 @@ impl UdpClient {
     }
 }
 
-/// Parse one datagram as one whole frame.
-pub fn parse(dgram: &[u8]) -> Result<(u32, Msg), String> {
+/// One datagram as one whole frame: its header bytes (which parse).
+pub fn parse(dgram: &[u8]) -> Result<Vec<u8>, String> {
     let mut hbuf = [0u8; MAX_DATAGRAM];
     let mut dec = Decoder::new(
         &mut hbuf[..],
@@ -170,8 +187,8 @@ pub fn parse(dgram: &[u8]) -> Result<(u32, Msg), String> {
     let (used, ev) = dec.handle_bytes(dgram);
     match ev {
         Ok(Some(Event::Header(f))) if used == dgram.len() => {
-            let h = f.parse().map_err(|e| e.to_string())?;
-            Ok((h.request_id, Msg::from_message(&h.message)))
+            f.parse().map_err(|e| e.to_string())?;
+            Ok(f.header.to_vec())
         }
         Ok(_) => Err("not exactly one whole frame".into()),
         Err(e) => Err(e.to_string()),

@@ -22,10 +22,9 @@ use tracing::info;
 use super::exec::{self, Running};
 use super::files::{self, Fail, OwnedEntry, Reading, Writing};
 use super::{Shared, UploadClaim};
+use crate::reader::{self, ReadCmd, ReadDone};
 
-/// Bytes a Get reads ahead of what was sent, per chunk, and chunks in flight.
-pub const CHUNK: usize = 256 * 1024;
-const READ_AHEAD: usize = 3;
+pub use crate::reader::CHUNK;
 /// Upload chunks handed to writers and not written yet, over all uploads
 /// of a connection, past which the connection reads no more input.
 const WRITE_BEHIND: usize = 8;
@@ -59,13 +58,6 @@ pub struct Key {
 
 type Events = mpsc::UnboundedSender<(Key, Completion)>;
 
-/// What a Get's reader thread is asked to do.
-enum ReadCmd {
-    Hash(u64),
-    Stream(u64),
-    Check,
-}
-
 /// What an upload's writer thread is asked to do.
 enum WriteCmd {
     Data(Vec<u8>, usize),
@@ -89,6 +81,36 @@ struct Get {
     cmds: Option<std_mpsc::Sender<ReadCmd>>,
     credits: Option<std_mpsc::Sender<Vec<u8>>>,
     _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// A file being read for a Get, with the root to check its path against.
+struct AtRoot {
+    reading: Reading,
+    shared: Arc<Shared>,
+}
+
+impl std::io::Read for AtRoot {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reading.file.read(buf)
+    }
+}
+
+impl std::io::Seek for AtRoot {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.reading.file.seek(pos)
+    }
+}
+
+impl reader::Source for AtRoot {
+    fn size(&self) -> u64 {
+        self.reading.size
+    }
+    fn shown(&self) -> &str {
+        &self.reading.shown
+    }
+    fn check_unchanged(&self) -> Result<(), Fail> {
+        self.reading.check_unchanged(&self.shared.root)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -281,37 +303,39 @@ impl HostBackend {
                 return;
             }
         };
-        let (cmd_tx, cmd_rx) = std_mpsc::channel();
-        let (credit_tx, credit_rx) = std_mpsc::channel();
-        for _ in 0..READ_AHEAD {
-            let _ = credit_tx.send(vec![0u8; CHUNK]);
-        }
-        let get = Get {
-            cmds: Some(cmd_tx),
-            credits: Some(credit_tx),
-            _permit: Some(permit),
-            ..Get::default()
-        };
-        let key = self.begin(req, format!("get '{path}'"), Work::Get(Box::new(get)));
+        let key = self.begin(req, format!("get '{path}'"), Work::Get(Box::default()));
         let parts = owned_path(path);
         let (shared, events) = (self.shared.clone(), self.events.clone());
-        tokio::task::spawn_blocking(move || {
-            let r = with_path(&parts, |p| files::open(&shared.root, &p));
-            let send = |c| events.send((key, c)).is_ok();
-            let mut file = match r {
-                Ok(f) => {
-                    if !send(Completion::Opened(Ok((f.size, f.modified)))) {
-                        return;
-                    }
-                    f
-                }
-                Err(e) => {
-                    send(Completion::Opened(Err(e)));
-                    return;
-                }
-            };
-            serve_reads(&shared, &mut file, &cmd_rx, &credit_rx, &send);
-        });
+        let events2 = events.clone();
+        let reader = reader::start(
+            move || {
+                with_path(&parts, |p| files::open(&shared.root, &p))
+                    .map(|reading| AtRoot { reading, shared })
+            },
+            move |r: &Result<AtRoot, Fail>| {
+                let opened = r.as_ref().map(|f| (f.reading.size, f.reading.modified));
+                events2
+                    .send((key, Completion::Opened(opened.map_err(Clone::clone))))
+                    .is_ok()
+                    && r.is_ok()
+            },
+            move |d| {
+                let c = match d {
+                    ReadDone::Prefix(r) => Completion::Prefix(r),
+                    ReadDone::Chunk(r) => Completion::Chunk(r),
+                    ReadDone::Unchanged(r) => Completion::Unchanged(r),
+                };
+                events.send((key, c)).is_ok()
+            },
+        );
+        if let Some(Slot {
+            work: Work::Get(g), ..
+        }) = self.slots[usize::from(req.slot)].as_mut()
+        {
+            g.cmds = Some(reader.cmds);
+            g.credits = Some(reader.credits);
+            g._permit = Some(permit);
+        }
     }
 
     fn start_put(&mut self, req: Req, path: &RelPath<'_>, size: u64, force: bool, resume: bool) {
@@ -409,65 +433,6 @@ impl HostBackend {
             self.behind += 1;
         }
     }
-}
-
-/// A Get's reader thread: hash the prefix, stream the bytes with a bounded
-/// read-ahead, check the file did not change.
-fn serve_reads(
-    shared: &Shared,
-    file: &mut Reading,
-    cmds: &std_mpsc::Receiver<ReadCmd>,
-    credits: &std_mpsc::Receiver<Vec<u8>>,
-    send: &dyn Fn(Completion) -> bool,
-) {
-    while let Ok(cmd) = cmds.recv() {
-        let ok = match cmd {
-            ReadCmd::Hash(n) => {
-                let mut buf = vec![0u8; CHUNK];
-                send(Completion::Prefix(file.hash_prefix(n, &mut buf)))
-            }
-            ReadCmd::Stream(from) => stream_file(file, from, credits, send),
-            ReadCmd::Check => send(Completion::Unchanged(file.check_unchanged(&shared.root))),
-        };
-        if !ok {
-            return;
-        }
-    }
-}
-
-fn stream_file(
-    file: &mut Reading,
-    from: u64,
-    credits: &std_mpsc::Receiver<Vec<u8>>,
-    send: &dyn Fn(Completion) -> bool,
-) -> bool {
-    use std::io::{Seek as _, SeekFrom};
-    if let Err(e) = file.file.seek(SeekFrom::Start(from)) {
-        return send(Completion::Chunk(Err(files::io_fail(&e, &file.shown))));
-    }
-    let mut left = file.size - from;
-    while left > 0 {
-        let Ok(mut buf) = credits.recv() else {
-            return false;
-        };
-        buf.resize(CHUNK, 0);
-        let want = (left.min(CHUNK as u64)) as usize;
-        match file.read_full(&mut buf[..want]) {
-            Ok(n) => {
-                buf.truncate(n);
-                left -= n as u64;
-                // An empty chunk tells the file ended early.
-                if !send(Completion::Chunk(Ok(buf))) {
-                    return false;
-                }
-                if n == 0 {
-                    return true;
-                }
-            }
-            Err(f) => return send(Completion::Chunk(Err(f))),
-        }
-    }
-    true
 }
 
 /// An upload's writer thread: write chunks, hand their buffers back, then
