@@ -134,7 +134,12 @@ pub fn body_region(
 /// The body (`body_len` bytes at [`body_region`]) is in place: write header
 /// `h`, the prefix and the tag; returns the frame's length. The caller
 /// sized the region for this header.
-pub fn finish(keys: Option<&mut SessionKeys>, dst: &mut [u8], h: &Header<'_>, body_len: usize) -> usize {
+pub fn finish(
+    keys: Option<&mut SessionKeys>,
+    dst: &mut [u8],
+    h: &Header<'_>,
+    body_len: usize,
+) -> usize {
     let hlen = h.buffer_len();
     let _ = h.emit(&mut dst[PREFIX_LEN..PREFIX_LEN + hlen]);
     seal(keys, dst, hlen, body_len)

@@ -145,10 +145,15 @@ pub enum ConnError<'a> {
 impl fmt::Display for ConnError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConnError::Server { code, message } => write!(f, "{message} [{}]", code.name().unwrap_or("?")),
+            ConnError::Server { code, message } => {
+                write!(f, "{message} [{}]", code.name().unwrap_or("?"))
+            }
             ConnError::Handshake(e) => write!(f, "{e}"),
             ConnError::NotTether(d) => write!(f, "not a tether server: {d}"),
-            ConnError::Integrity(d) => write!(f, "integrity check failed: the connection was tampered with or corrupted ({d})"),
+            ConnError::Integrity(d) => write!(
+                f,
+                "integrity check failed: the connection was tampered with or corrupted ({d})"
+            ),
             ConnError::Protocol(d) => write!(f, "protocol error: {d}"),
             ConnError::Timeout => write!(f, "the handshake did not complete in time"),
         }
@@ -297,7 +302,12 @@ pub trait Uploads {
     fn hash_prefix(&mut self, req: ReqId, len: u64) -> Poll<Result<Sha256, LocalFailure<'_>>>;
     /// Bytes of the file from `offset` into `buf` (at least one while
     /// `offset` is below the size; `Ok(0)` means it ended early).
-    fn read(&mut self, req: ReqId, offset: u64, buf: &mut [u8]) -> Poll<Result<usize, LocalFailure<'_>>>;
+    fn read(
+        &mut self,
+        req: ReqId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Poll<Result<usize, LocalFailure<'_>>>;
     /// All bytes were read: is the file still the one it was (size,
     /// modification time)? (`CHANGED` if not: nothing is committed.)
     fn check_unchanged(&mut self, req: ReqId) -> Poll<Result<(), LocalFailure<'_>>>;
@@ -342,7 +352,9 @@ impl fmt::Display for RequestError {
             RequestError::NotConnected => write!(f, "not connected"),
             RequestError::Busy => write!(f, "too many requests in flight"),
             RequestError::NoRoom => write!(f, "no room to queue the request yet"),
-            RequestError::TooLarge => write!(f, "the request is longer than the server's header limit"),
+            RequestError::TooLarge => {
+                write!(f, "the request is longer than the server's header limit")
+            }
             RequestError::Invalid => write!(f, "the request cannot be encoded"),
         }
     }

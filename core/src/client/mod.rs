@@ -235,7 +235,12 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ClientConn<B, N> {
 
     /// Write bytes to send into `out`; returns how many. Upload data is
     /// read through `uploads` straight into `out`.
-    pub fn poll_transmit<U: Uploads>(&mut self, now: u64, out: &mut [u8], uploads: &mut U) -> usize {
+    pub fn poll_transmit<U: Uploads>(
+        &mut self,
+        now: u64,
+        out: &mut [u8],
+        uploads: &mut U,
+    ) -> usize {
         let _ = now;
         self.st.transmit(&mut self.staging, out, uploads)
     }
@@ -271,14 +276,26 @@ impl<const N: usize> State<N> {
         (header, chunk)
     }
 
-    fn connect<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, tx: &mut Staging<B>, now: u64, nonce: [u8; 16]) {
+    fn connect<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        tx: &mut Staging<B>,
+        now: u64,
+        nonce: [u8; 16],
+    ) {
         let (max_header, max_chunk) = self.hello_limits();
         let caps = if self.cfg.encrypt {
             Caps::ENCRYPT
         } else {
             Caps::empty()
         };
-        let hs = ClientHandshake::new(self.cfg.key, nonce, max_header, max_chunk, caps, self.cfg.agent);
+        let hs = ClientHandshake::new(
+            self.cfg.key,
+            nonce,
+            max_header,
+            max_chunk,
+            caps,
+            self.cfg.agent,
+        );
         let hello = crate::Header::new(0, crate::Message::Hello(hs.hello().clone()));
         if let Some(n) = crate::outgoing::compose(None, tx.free(), &hello) {
             tx.commit(n);

@@ -101,7 +101,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ClientConn<B, N> {
     /// even with no new input.
     pub fn handle_bytes<'a>(&'a mut self, now: u64, input: &'a [u8]) -> (usize, Option<Event<'a>>) {
         let _ = now;
-        if self.st.rx.timed_out && matches!(self.st.phase, super::Phase::Hello | super::Phase::Auth) {
+        if self.st.rx.timed_out && matches!(self.st.phase, super::Phase::Hello | super::Phase::Auth)
+        {
             self.st.rx.timed_out = false;
             self.st.phase = Phase::Closed;
             self.st.rx.pending = Some(Pending::Closed(CloseWhy::Timeout));
@@ -200,7 +201,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ClientConn<B, N> {
         }
         let need = usize::from(repr.header_len) + repr.body_len as usize;
         let (Some(buf), Some(f)) = (self.frame.as_mut(), self.dec.frame()) else {
-            self.st.protocol(format_args!("an encrypted frame and no frame buffer"));
+            self.st
+                .protocol(format_args!("an encrypted frame and no frame buffer"));
             return true;
         };
         match buf.as_mut().get_mut(..need) {
@@ -208,7 +210,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ClientConn<B, N> {
                 dst[..f.header.len()].copy_from_slice(f.header);
                 self.st.rx.collect = Some((repr, f.header.len()));
             }
-            None => self.st.protocol(format_args!("a frame larger than negotiated")),
+            None => self
+                .st
+                .protocol(format_args!("a frame larger than negotiated")),
         }
         true
     }
@@ -351,7 +355,9 @@ impl<const N: usize> State<N> {
             Route::Stream(i, kind) => self.streamed(i, kind, b),
             Route::Collect => {
                 let (_, at) = self.rx.collect.as_mut()?;
-                let dst = frame.as_mut().and_then(|f| f.as_mut().get_mut(*at..*at + b.len()));
+                let dst = frame
+                    .as_mut()
+                    .and_then(|f| f.as_mut().get_mut(*at..*at + b.len()));
                 match dst {
                     Some(d) => {
                         d.copy_from_slice(b);
@@ -443,9 +449,7 @@ impl<const N: usize> State<N> {
             return self.ended_by_error(i, code, message);
         }
         match (&self.table.slots[i].op, &h.message) {
-            (Op::Exec, Message::Output { stream }) => {
-                self.body(i, BodyKind::Output(*stream), body)
-            }
+            (Op::Exec, Message::Output { stream }) => self.body(i, BodyKind::Output(*stream), body),
             (Op::Get(_), Message::Data) => self.body(i, BodyKind::Data, body),
             (Op::Get(_), Message::FileInfo { .. }) | (Op::Get(_), Message::Done { .. }) => {
                 self.get_reply(i, &h.message)
@@ -692,7 +696,12 @@ impl<const N: usize> State<N> {
     }
 
     /// A request ended with the server's Error.
-    fn ended_by_error<'h>(&mut self, i: usize, code: ErrorCode, message: &'h str) -> Option<Event<'h>> {
+    fn ended_by_error<'h>(
+        &mut self,
+        i: usize,
+        code: ErrorCode,
+        message: &'h str,
+    ) -> Option<Event<'h>> {
         let req = self.table.req(i);
         let quiet = match &self.table.slots[i].op {
             Op::Get(g) => matches!(g.phase, GetPhase::Mismatch),
@@ -737,7 +746,9 @@ impl<const N: usize> State<N> {
                 a.agent.clear();
                 let _ = a.agent.push_str(crate::text::clip(ack.agent, 64));
                 a.caps = ack.caps;
-                a.max_header = ack.max_header.min(self.header_cap.min(usize::from(u16::MAX)) as u16);
+                a.max_header = ack
+                    .max_header
+                    .min(self.header_cap.min(usize::from(u16::MAX)) as u16);
                 a.max_chunk = ack.max_chunk;
                 a.max_requests = ack.max_requests;
                 a.max_name = ack.max_name;
@@ -766,7 +777,9 @@ impl<const N: usize> State<N> {
                 match hs.handle_auth_ok(&proof) {
                     Ok(keys) if !self.server.caps.contains(crate::message::Caps::SEAL) => {
                         let _ = keys;
-                        self.protocol(format_args!("the server authenticated but does not seal frames"));
+                        self.protocol(format_args!(
+                            "the server authenticated but does not seal frames"
+                        ));
                         None
                     }
                     Ok(keys) => {

@@ -54,13 +54,21 @@ impl Uploads for Mem {
         h.update(&self.data[..len as usize]);
         Poll::Ready(Ok(h))
     }
-    fn read(&mut self, req: ReqId, offset: u64, buf: &mut [u8]) -> Poll<Result<usize, LocalFailure<'_>>> {
+    fn read(
+        &mut self,
+        req: ReqId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Poll<Result<usize, LocalFailure<'_>>> {
         if self.rng.below(4) == 0 {
             self.pending.push(req);
             return Poll::Pending;
         }
         let at = offset as usize;
-        let n = buf.len().min(self.data.len() - at).min(1 + self.rng.below(2000));
+        let n = buf
+            .len()
+            .min(self.data.len() - at)
+            .min(1 + self.rng.below(2000));
         buf[..n].copy_from_slice(&self.data[at..at + n]);
         Poll::Ready(Ok(n))
     }
@@ -138,7 +146,8 @@ impl Pair {
             0,
         );
         let mut server: DeviceConn<Vec<u8>, 2> =
-            DeviceConn::new(vec![0; 512], vec![0; 640], vec![0; 512]).with_frame_buffer(vec![0; 1536]);
+            DeviceConn::new(vec![0; 512], vec![0; 640], vec![0; 512])
+                .with_frame_buffer(vec![0; 1536]);
         server.handle_accept(&mut dev, Peer::ipv4([10, 0, 0, 2]), [7; 16], 0);
         let cfg = ClientConfig {
             agent: "test/0",
@@ -229,7 +238,9 @@ impl Pair {
             }
             // Server input and output.
             let take = self.to_server.len().min(1 + self.rng.below(3000));
-            let used = self.server.handle_bytes(&mut self.dev, &self.to_server[..take], self.now);
+            let used = self
+                .server
+                .handle_bytes(&mut self.dev, &self.to_server[..take], self.now);
             self.to_server.drain(..used);
             moved |= used > 0;
             let mut out = vec![0u8; 1 + self.rng.below(2000)];
@@ -283,12 +294,19 @@ impl Pair {
         self.to_client.clear();
         self.to_server.clear();
         self.run();
-        assert!(matches!(self.seen.first(), Some((_, Seen::Connected(..)))), "{:?}", self.seen);
+        assert!(
+            matches!(self.seen.first(), Some((_, Seen::Connected(..)))),
+            "{:?}",
+            self.seen
+        );
         self.seen.clear();
     }
 
     fn take(&mut self) -> Vec<Seen> {
-        core::mem::take(&mut self.seen).into_iter().map(|s| s.1).collect()
+        core::mem::take(&mut self.seen)
+            .into_iter()
+            .map(|s| s.1)
+            .collect()
     }
 
     fn put(&mut self, path: &str, data: &[u8], resume: bool) -> Vec<Seen> {
@@ -337,12 +355,19 @@ fn every_request_round_trips_over_many_seeds() {
             p.client.request(Request::Ping { stamp: 7 }).unwrap();
             p.client.request(Request::Echo { text: "hi" }).unwrap();
             p.run();
-            assert_eq!(p.take(), [Seen::Pong(7), Seen::Echo("HI".into())], "seed {seed}");
+            assert_eq!(
+                p.take(),
+                [Seen::Pong(7), Seen::Echo("HI".into())],
+                "seed {seed}"
+            );
             let data = pattern(3000 + seed as usize * 17);
             let seen = p.put("f.bin", &data, false);
             assert_eq!(
                 seen,
-                [Seen::PutStarted(0), Seen::Finished(data.len() as u64, Some(digest(&data)))],
+                [
+                    Seen::PutStarted(0),
+                    Seen::Finished(data.len() as u64, Some(digest(&data)))
+                ],
                 "seed {seed}"
             );
             let (got, seen) = p.get("f.bin", None);
@@ -366,10 +391,22 @@ fn every_request_round_trips_over_many_seeds() {
             p.client.request(Request::List { path: "" }).unwrap();
             p.run();
             let seen = p.take();
-            assert!(seen.contains(&Seen::Output(Stream::Stdout, b"a b\n".to_vec())), "seed {seed}: {seen:?}");
-            assert!(seen.contains(&Seen::Exit(ExitStatus::Code(0))), "seed {seed}");
-            assert!(seen.contains(&Seen::Entry("f.bin".into(), data.len() as u64)), "seed {seed}");
-            assert!(seen.contains(&Seen::Finished(1, None)), "seed {seed}: {seen:?}");
+            assert!(
+                seen.contains(&Seen::Output(Stream::Stdout, b"a b\n".to_vec())),
+                "seed {seed}: {seen:?}"
+            );
+            assert!(
+                seen.contains(&Seen::Exit(ExitStatus::Code(0))),
+                "seed {seed}"
+            );
+            assert!(
+                seen.contains(&Seen::Entry("f.bin".into(), data.len() as u64)),
+                "seed {seed}"
+            );
+            assert!(
+                seen.contains(&Seen::Finished(1, None)),
+                "seed {seed}: {seen:?}"
+            );
         }
     }
 }
@@ -406,7 +443,10 @@ fn a_resumed_get_checks_the_prefix_and_a_mismatch_is_reported() {
             prefix: wrong,
         }),
     );
-    assert!(got.is_empty(), "no data of a mismatched resume is handed on");
+    assert!(
+        got.is_empty(),
+        "no data of a mismatched resume is handed on"
+    );
     assert_eq!(seen, [Seen::Mismatch]);
     assert_eq!(p.client.in_flight(), 0);
 }
@@ -418,7 +458,10 @@ fn a_put_resumes_the_servers_partial_and_errors_end_requests() {
     p.run();
     let seen = p.take();
     assert!(
-        matches!(&seen[..], [Seen::Failed(Origin::Server, ErrorCode::NOT_FOUND, _)]),
+        matches!(
+            &seen[..],
+            [Seen::Failed(Origin::Server, ErrorCode::NOT_FOUND, _)]
+        ),
         "{seen:?}"
     );
     // A put the server keeps a partial of (the connection drops mid-way).
@@ -434,7 +477,12 @@ fn a_put_resumes_the_servers_partial_and_errors_end_requests() {
         .unwrap();
     // Let some data through, then close the server's side.
     let mut rounds = 0;
-    while p.dev.store.partial("k.bin").is_none_or(|k| k.written < 1000) {
+    while p
+        .dev
+        .store
+        .partial("k.bin")
+        .is_none_or(|k| k.written < 1000)
+    {
         assert!(p.steps(1), "the upload ended before it could be cut");
         rounds += 1;
         assert!(rounds < 10_000);

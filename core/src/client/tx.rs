@@ -46,8 +46,10 @@ impl<const N: usize> State<N> {
         let limit = usize::from(self.server.max_requests).clamp(1, N);
         // Ping, Echo and Time take no slot on the server, but one here.
         let (i, id) = self.table.take(limit.max(N)).ok_or(RequestError::Busy)?;
-        if !matches!(r, Request::Ping { .. } | Request::Echo { .. } | Request::Time { .. })
-            && self.server_requests() >= limit
+        if !matches!(
+            r,
+            Request::Ping { .. } | Request::Echo { .. } | Request::Time { .. }
+        ) && self.server_requests() >= limit
         {
             return Err(RequestError::Busy);
         }
@@ -58,7 +60,13 @@ impl<const N: usize> State<N> {
             Request::Exec {
                 command,
                 timeout_ms,
-            } => (Message::Exec(Exec { command, timeout_ms }), Op::Exec),
+            } => (
+                Message::Exec(Exec {
+                    command,
+                    timeout_ms,
+                }),
+                Op::Exec,
+            ),
             Request::Stat { path } => (Message::Stat { path }, Op::Stat),
             Request::List { path } => (Message::List { path }, Op::List { count: 0 }),
             Request::Remove { path } => (Message::Remove { path }, Op::Remove),
@@ -86,11 +94,23 @@ impl<const N: usize> State<N> {
                     hasher: Sha256::new(),
                     sent: None,
                 };
-                (Message::Put { path, size, force, resume }, Op::Put(put))
+                (
+                    Message::Put {
+                        path,
+                        size,
+                        force,
+                        resume,
+                    },
+                    Op::Put(put),
+                )
             }
         };
         self.queue(tx, &Header::new(id, msg))?;
-        self.table.slots[i] = Slot { id, wait: false, op };
+        self.table.slots[i] = Slot {
+            id,
+            wait: false,
+            op,
+        };
         Ok(self.table.req(i))
     }
 
@@ -108,7 +128,12 @@ impl<const N: usize> State<N> {
         tx: &mut Staging<B>,
         req: ReqId,
     ) -> Result<(), RequestError> {
-        if self.table.slots.get(usize::from(req.slot)).is_none_or(|s| s.is_free() || s.id != req.id) {
+        if self
+            .table
+            .slots
+            .get(usize::from(req.slot))
+            .is_none_or(|s| s.is_free() || s.id != req.id)
+        {
             return Ok(());
         }
         // The Cancel's own id is not looked at by the server.

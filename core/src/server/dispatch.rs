@@ -12,8 +12,8 @@ use super::backend::{Backend, Count, End, Start};
 use super::rx::Route;
 use super::slot::{Exec, Get, GetPhase, Op, Put, PutFault, PutPhase, Slot};
 use super::tx::{Security, Staging};
-use crate::outgoing as tx;
 use super::{Fatal, Phase, State, MAX_ERROR_TEXT};
+use crate::outgoing as tx;
 
 /// Room kept in the staging queue for one Error reply.
 const REPLY_ROOM: usize = PREFIX_LEN + TAG_LEN + 16 + MAX_ERROR_TEXT;

@@ -11,8 +11,8 @@ use crate::text::{clip, text};
 use super::backend::{Backend, Count, End, Failure, Kill, Output, Req, Start};
 use super::slot::{Exec, Get, GetPhase, Op, Put, PutFault, PutPhase};
 use super::tx::{Security, Staging};
-use crate::outgoing as tx;
 use super::{Phase, State, CLOSE_GRACE_MS, MAX_ERROR_TEXT};
+use crate::outgoing as tx;
 
 /// What a request did in one turn.
 enum Turn {
