@@ -80,10 +80,33 @@ where
     T: embedded_io::Read + embedded_io::Write,
     C: Clock,
 {
-    /// Run the handshake over `io` (already connected): Hello, with a key
-    /// Auth, until the server accepted. `nonce` must be fresh and
-    /// unpredictable (a TRNG's, or a CSPRNG's seeded from one); `clock`
-    /// gives the time for the handshake deadline.
+    /// A client over `io` (already connected), the caller's buffers and
+    /// clock; nothing is sent until [`handshake`](Self::handshake).
+    pub fn new(
+        io: T,
+        cfg: ClientConfig,
+        bufs: ClientBuffers<'b>,
+        clock: C,
+    ) -> Result<Self, Error<T::Error>> {
+        let core = Core::new(cfg, bufs, clock).map_err(|()| Error::Buffer)?;
+        Ok(Client {
+            io,
+            core,
+            unflushed: false,
+        })
+    }
+
+    /// Run the handshake: Hello, with a key Auth, until the server
+    /// accepted. `nonce` must be fresh and unpredictable (a TRNG's, or a
+    /// CSPRNG's seeded from one). On failure [`message`](Self::message)
+    /// says why, in the server's words when it refused.
+    pub fn handshake(&mut self, nonce: [u8; 16]) -> Result<(), Error<T::Error>> {
+        self.core.begin_connect(nonce)?;
+        self.run(&mut (), ops::Connect)
+    }
+
+    /// [`new`](Self::new) and [`handshake`](Self::handshake) in one call;
+    /// `clock` gives the time for the handshake deadline.
     pub fn connect(
         io: T,
         cfg: ClientConfig,
@@ -91,21 +114,15 @@ where
         nonce: [u8; 16],
         clock: C,
     ) -> Result<Self, Error<T::Error>> {
-        let core = Core::new(cfg, bufs, clock).map_err(|()| Error::Buffer)?;
-        let mut c = Client {
-            io,
-            core,
-            unflushed: false,
-        };
-        c.core.begin_connect(nonce)?;
-        c.run(&mut (), ops::Connect)?;
+        let mut c = Self::new(io, cfg, bufs, clock)?;
+        c.handshake(nonce)?;
         Ok(c)
     }
 
-    /// The server, as it announced itself, and the session's protection.
-    pub fn session(&self) -> &Session {
-        // Set by a successful connect.
-        self.core.session.as_ref().expect("connected")
+    /// The server, as it announced itself, and the session's protection
+    /// (once the handshake completed).
+    pub fn session(&self) -> Option<&Session> {
+        self.core.session.as_ref()
     }
 
     /// The text of the last error: the server's message, or what this

@@ -566,6 +566,10 @@ impl<'b, C: Clock> Core<'b, C> {
 
     /// Queue Hello.
     pub(crate) fn begin_connect<E>(&mut self, nonce: [u8; 16]) -> Result<(), Error<E>> {
+        if self.dead || self.wait != Wait::Idle || self.session.is_some() {
+            self.dead = true;
+            return Err(Error::Closed);
+        }
         let now = self.clock.now_ms();
         self.conn.connect(now, nonce);
         if !self.conn.wants_transmit() {

@@ -389,7 +389,7 @@ macro_rules! driver_tests {
                     let mut mem = arena(&cfg);
                     let mut w = wire(seed, mode);
                     let mut c = connect(&mut w, cfg, &mut mem).expect("connect");
-                    let s = c.session().clone();
+                    let s = c.session().expect("connected").clone();
                     assert_eq!(s.authenticated, mode != Mode::Open, "{mode:?}");
                     assert_eq!(s.encrypted, mode == Mode::Encrypted, "{mode:?}");
                     assert!(s.agent.starts_with("tether-device/"), "{s:?}");
@@ -556,6 +556,21 @@ macro_rules! driver_tests {
             let mut w = wire(1, Mode::Sealed);
             let e = connect(&mut w, cfg, &mut mem).unwrap_err();
             assert_eq!(e, Error::Refused(ErrorCode::AUTH_REQUIRED));
+            // No key here, a key there, in two steps: the server's words are kept.
+            let cfg = config(Mode::Open);
+            let mut mem = arena(&cfg);
+            let mut w = wire(1, Mode::Sealed);
+            let clock = w.clock();
+            let bufs = ClientBuffers::split(&mut mem, &cfg).unwrap();
+            let mut c = Client::new(&mut w, cfg, bufs, clock).unwrap();
+            assert!(c.session().is_none());
+            assert_eq!(
+                $run!(c.handshake([2; 16])).unwrap_err(),
+                Error::Refused(ErrorCode::AUTH_REQUIRED)
+            );
+            assert!(c.message().contains("key"), "{}", c.message());
+            assert_eq!($run!(c.handshake([3; 16])).unwrap_err(), Error::Closed);
+            assert_eq!($run!(c.ping(1)).unwrap_err(), Error::Closed);
             // Another key.
             let cfg = ClientConfig {
                 key: Some([7; 32]),
