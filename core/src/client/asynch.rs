@@ -32,8 +32,8 @@
 use crate::message::{Command, Entry, ExitStatus, Stream};
 
 use super::driver::{
-    ops, ClientBuffers, Clock, Core, EntryInfo, Error, Flow, Handler, Next, PutOptions, ReadSource,
-    Session, SinkWriter, SliceSource, Time, Transfer,
+    ops, ClientBuffers, Clock, Core, EntryInfo, Error, Flow, Handler, Next, OnEvent, PutOptions,
+    ReadSource, Session, SinkWriter, SliceSource, Time, Transfer,
 };
 use super::{ClientConfig, Request, Resume, Uploads};
 
@@ -139,19 +139,20 @@ where
         self.io
     }
 
-    async fn run<U: Uploads, H: Handler>(
+    async fn run<H: Handler>(
         &mut self,
-        up: &mut U,
+        up: &mut dyn Uploads,
         mut h: H,
     ) -> Result<H::Output, Error<T::Error>> {
         let ended = self.pump(up, &mut h).await;
         h.finish(ended)
     }
 
-    async fn pump<U: Uploads, H: Handler>(
+    /// Run the current call to its end (one copy for every operation).
+    async fn pump(
         &mut self,
-        up: &mut U,
-        h: &mut H,
+        up: &mut dyn Uploads,
+        h: &mut dyn OnEvent,
     ) -> Result<(), Error<T::Error>> {
         loop {
             let next = match self.core.step(up, h) {

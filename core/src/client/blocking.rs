@@ -42,8 +42,8 @@
 use crate::message::{Command, Entry, ExitStatus, Stream};
 
 use super::driver::{
-    ops, ClientBuffers, Clock, Core, EntryInfo, Error, Flow, Handler, Next, PutOptions, ReadSource,
-    Session, SinkWriter, SliceSource, Time, Transfer,
+    ops, ClientBuffers, Clock, Core, EntryInfo, Error, Flow, Handler, Next, OnEvent, PutOptions,
+    ReadSource, Session, SinkWriter, SliceSource, Time, Transfer,
 };
 use super::{ClientConfig, Request, Resume, Uploads};
 
@@ -146,20 +146,17 @@ where
         self.io
     }
 
-    fn run<U: Uploads, H: Handler>(
+    fn run<H: Handler>(
         &mut self,
-        up: &mut U,
+        up: &mut dyn Uploads,
         mut h: H,
     ) -> Result<H::Output, Error<T::Error>> {
         let ended = self.pump(up, &mut h);
         h.finish(ended)
     }
 
-    fn pump<U: Uploads, H: Handler>(
-        &mut self,
-        up: &mut U,
-        h: &mut H,
-    ) -> Result<(), Error<T::Error>> {
+    /// Run the current call to its end (one copy for every operation).
+    fn pump(&mut self, up: &mut dyn Uploads, h: &mut dyn OnEvent) -> Result<(), Error<T::Error>> {
         loop {
             let next = match self.core.step(up, h) {
                 Ok(n) => n,

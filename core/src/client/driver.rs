@@ -467,13 +467,39 @@ enum Wait {
     Request(ReqId),
 }
 
-/// An operation's view of its request's events.
-pub(crate) trait Handler {
-    type Output;
+/// What an operation does with its request's events. [`Core::step`]
+/// takes it (and the upload source) as trait objects, so the event loop
+/// is compiled once per client, not once per operation (flash).
+pub(crate) trait OnEvent {
     /// An event of the request.
     fn event(&mut self, ev: &Event<'_>) -> Flow;
+}
+
+/// An operation: its events, then its result.
+pub(crate) trait Handler: OnEvent {
+    type Output;
     /// The request ended (`ended` says how); the result.
     fn finish<E>(self, ended: Result<(), Error<E>>) -> Result<Self::Output, Error<E>>;
+}
+
+/// A `dyn Uploads` as a sized [`Uploads`] for the engine.
+struct DynUploads<'a>(&'a mut dyn Uploads);
+
+impl Uploads for DynUploads<'_> {
+    fn hash_prefix(&mut self, req: ReqId, len: u64) -> Poll<Result<Sha256, LocalFailure<'_>>> {
+        self.0.hash_prefix(req, len)
+    }
+    fn read(
+        &mut self,
+        req: ReqId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Poll<Result<usize, LocalFailure<'_>>> {
+        self.0.read(req, offset, buf)
+    }
+    fn check_unchanged(&mut self, req: ReqId) -> Poll<Result<(), LocalFailure<'_>>> {
+        self.0.check_unchanged(req)
+    }
 }
 
 /// The sans-IO half of a driver.
@@ -639,11 +665,12 @@ impl<'b, C: Clock> Core<'b, C> {
     }
 
     /// The next thing to do for the current call.
-    pub(crate) fn step<E, U: Uploads, H: Handler>(
+    pub(crate) fn step<E>(
         &mut self,
-        uploads: &mut U,
-        h: &mut H,
+        uploads: &mut dyn Uploads,
+        h: &mut dyn OnEvent,
     ) -> Result<Next, Error<E>> {
+        let mut uploads = DynUploads(uploads);
         if let Some(due) = self.conn.poll_timeout() {
             let now = self.clock.now_ms();
             if now >= due {
@@ -664,7 +691,7 @@ impl<'b, C: Clock> Core<'b, C> {
                 }
             }
             let now = self.clock.now_ms();
-            let n = self.conn.poll_transmit(now, self.tx, uploads);
+            let n = self.conn.poll_transmit(now, self.tx, &mut uploads);
             if n > 0 {
                 return Ok(Next::Write(n));
             }
@@ -685,7 +712,7 @@ impl<'b, C: Clock> Core<'b, C> {
 
     /// Feed the engine the bytes received so far and act on its events;
     /// returns whether anything happened.
-    fn events<E, H: Handler>(&mut self, h: &mut H) -> Result<bool, Error<E>> {
+    fn events<E>(&mut self, h: &mut dyn OnEvent) -> Result<bool, Error<E>> {
         let mut any = false;
         loop {
             let now = self.clock.now_ms();
@@ -820,11 +847,14 @@ pub(crate) mod ops {
     #[derive(Debug)]
     pub(crate) struct Connect;
 
-    impl Handler for Connect {
-        type Output = ();
+    impl OnEvent for Connect {
         fn event(&mut self, _: &Event<'_>) -> Flow {
             Flow::Continue
         }
+    }
+
+    impl Handler for Connect {
+        type Output = ();
         fn finish<E>(self, ended: Result<(), Error<E>>) -> Result<(), Error<E>> {
             ended
         }
@@ -833,14 +863,17 @@ pub(crate) mod ops {
     #[derive(Debug, Default)]
     pub(crate) struct Ping(pub Option<u64>);
 
-    impl Handler for Ping {
-        type Output = u64;
+    impl OnEvent for Ping {
         fn event(&mut self, ev: &Event<'_>) -> Flow {
             if let Event::Pong { stamp, .. } = ev {
                 self.0 = Some(*stamp);
             }
             Flow::Continue
         }
+    }
+
+    impl Handler for Ping {
+        type Output = u64;
         fn finish<E>(self, ended: Result<(), Error<E>>) -> Result<u64, Error<E>> {
             ended?;
             self.0.ok_or_else(missing)
@@ -853,14 +886,17 @@ pub(crate) mod ops {
         pub len: Option<usize>,
     }
 
-    impl<'o> Handler for Echo<'o> {
-        type Output = &'o str;
+    impl<'o> OnEvent for Echo<'o> {
         fn event(&mut self, ev: &Event<'_>) -> Flow {
             if let Event::Echo { text, .. } = ev {
                 self.len = Some(copy_str(text, self.out).len());
             }
             Flow::Continue
         }
+    }
+
+    impl<'o> Handler for Echo<'o> {
+        type Output = &'o str;
         fn finish<E>(self, ended: Result<(), Error<E>>) -> Result<&'o str, Error<E>> {
             ended?;
             let n = self.len.ok_or_else(missing)?;
@@ -875,14 +911,17 @@ pub(crate) mod ops {
         pub got: Option<(u64, usize)>,
     }
 
-    impl<'o> Handler for TimeOp<'o> {
-        type Output = Time<'o>;
+    impl<'o> OnEvent for TimeOp<'o> {
         fn event(&mut self, ev: &Event<'_>) -> Flow {
             if let Event::Time { unix_ms, text, .. } = ev {
                 self.got = Some((*unix_ms, copy_str(text, self.out).len()));
             }
             Flow::Continue
         }
+    }
+
+    impl<'o> Handler for TimeOp<'o> {
+        type Output = Time<'o>;
         fn finish<E>(self, ended: Result<(), Error<E>>) -> Result<Time<'o>, Error<E>> {
             ended?;
             let (unix_ms, n) = self.got.ok_or_else(missing)?;
@@ -899,8 +938,7 @@ pub(crate) mod ops {
         pub status: Option<ExitStatus>,
     }
 
-    impl<F: FnMut(Stream, &[u8]) -> R, R: Into<Flow>> Handler for Exec<F> {
-        type Output = ExitStatus;
+    impl<F: FnMut(Stream, &[u8]) -> R, R: Into<Flow>> OnEvent for Exec<F> {
         fn event(&mut self, ev: &Event<'_>) -> Flow {
             match ev {
                 Event::Output { stream, bytes, .. } => (self.f)(*stream, bytes).into(),
@@ -911,6 +949,10 @@ pub(crate) mod ops {
                 _ => Flow::Continue,
             }
         }
+    }
+
+    impl<F: FnMut(Stream, &[u8]) -> R, R: Into<Flow>> Handler for Exec<F> {
+        type Output = ExitStatus;
         fn finish<E>(self, ended: Result<(), Error<E>>) -> Result<ExitStatus, Error<E>> {
             ended?;
             self.status.ok_or_else(missing)
@@ -920,8 +962,7 @@ pub(crate) mod ops {
     #[derive(Debug, Default)]
     pub(crate) struct Stat(pub Option<EntryInfo>);
 
-    impl Handler for Stat {
-        type Output = EntryInfo;
+    impl OnEvent for Stat {
         fn event(&mut self, ev: &Event<'_>) -> Flow {
             if let Event::Entry { entry, .. } = ev {
                 self.0 = Some(EntryInfo {
@@ -932,6 +973,10 @@ pub(crate) mod ops {
             }
             Flow::Continue
         }
+    }
+
+    impl Handler for Stat {
+        type Output = EntryInfo;
         fn finish<E>(self, ended: Result<(), Error<E>>) -> Result<EntryInfo, Error<E>> {
             ended?;
             self.0.ok_or_else(missing)
@@ -943,8 +988,7 @@ pub(crate) mod ops {
         pub count: Option<u64>,
     }
 
-    impl<F: FnMut(&Entry<'_>) -> R, R: Into<Flow>> Handler for List<F> {
-        type Output = u64;
+    impl<F: FnMut(&Entry<'_>) -> R, R: Into<Flow>> OnEvent for List<F> {
         fn event(&mut self, ev: &Event<'_>) -> Flow {
             match ev {
                 Event::Entry { entry, .. } => (self.f)(entry).into(),
@@ -955,6 +999,10 @@ pub(crate) mod ops {
                 _ => Flow::Continue,
             }
         }
+    }
+
+    impl<F: FnMut(&Entry<'_>) -> R, R: Into<Flow>> Handler for List<F> {
+        type Output = u64;
         fn finish<E>(self, ended: Result<(), Error<E>>) -> Result<u64, Error<E>> {
             ended?;
             self.count.ok_or_else(missing)
@@ -986,8 +1034,7 @@ pub(crate) mod ops {
         }
     }
 
-    impl<F: FnMut(u64, &[u8]) -> R, R: Into<Flow>> Handler for Get<F> {
-        type Output = Transfer;
+    impl<F: FnMut(u64, &[u8]) -> R, R: Into<Flow>> OnEvent for Get<F> {
         fn event(&mut self, ev: &Event<'_>) -> Flow {
             match ev {
                 Event::GetStarted { offset, .. } => {
@@ -1015,6 +1062,10 @@ pub(crate) mod ops {
                 _ => Flow::Continue,
             }
         }
+    }
+
+    impl<F: FnMut(u64, &[u8]) -> R, R: Into<Flow>> Handler for Get<F> {
+        type Output = Transfer;
         fn finish<E>(self, ended: Result<(), Error<E>>) -> Result<Transfer, Error<E>> {
             match ended {
                 Err(Error::Cancelled) if self.mismatch => return Err(Error::ResumeMismatch),
@@ -1035,8 +1086,7 @@ pub(crate) mod ops {
         pub done: Option<(u64, Digest)>,
     }
 
-    impl Handler for Put {
-        type Output = Transfer;
+    impl OnEvent for Put {
         fn event(&mut self, ev: &Event<'_>) -> Flow {
             match ev {
                 Event::PutStarted { offset, .. } => self.offset = *offset,
@@ -1049,6 +1099,10 @@ pub(crate) mod ops {
             }
             Flow::Continue
         }
+    }
+
+    impl Handler for Put {
+        type Output = Transfer;
         fn finish<E>(self, ended: Result<(), Error<E>>) -> Result<Transfer, Error<E>> {
             ended?;
             let (size, sha256) = self.done.ok_or_else(missing)?;
@@ -1063,14 +1117,17 @@ pub(crate) mod ops {
     #[derive(Debug, Default)]
     pub(crate) struct Remove(pub bool);
 
-    impl Handler for Remove {
-        type Output = ();
+    impl OnEvent for Remove {
         fn event(&mut self, ev: &Event<'_>) -> Flow {
             if let Event::Finished { .. } = ev {
                 self.0 = true;
             }
             Flow::Continue
         }
+    }
+
+    impl Handler for Remove {
+        type Output = ();
         fn finish<E>(self, ended: Result<(), Error<E>>) -> Result<(), Error<E>> {
             ended?;
             self.0.then_some(()).ok_or_else(missing)
