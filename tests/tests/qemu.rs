@@ -217,7 +217,7 @@ fn firmware_in_qemu_over_the_lan9118_and_uart0() {
     let busy = keyed(&["exec", DEV_IP, "--", "push", &host, "up.bin"]);
     let line = wait_job(&keyed, &q);
     assert!(
-        line.contains(&format!(": done: 1048576 B in "))
+        line.contains(": done: 1048576 B in ")
             && line.contains(&digest)
             && line.ends_with(", sealed"),
         "{line}\nserver log:\n{}",
