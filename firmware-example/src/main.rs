@@ -14,7 +14,7 @@ use core::hint::black_box;
 
 use cortex_m_rt::entry;
 use panic_halt as _;
-use tether_proto::device::{Config, Device, NoWallClock, Peer, RamStore, DeviceConn};
+use tether_proto::device::{Config, Device, DeviceConn, NoWallClock, Peer, RamStore};
 use tether_proto::MAX_DATAGRAM;
 
 /// Per-connection buffers: header (negotiated max_header), transmit queue, command output.

@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod client;
 mod hw;
 mod link;
 mod nic;
@@ -75,7 +76,7 @@ impl SessionBufs {
 type TcpSlot = (SessionBufs, [u8; TCP_RX], [u8; TCP_TX]);
 
 /// RAM by use, reported by the `mem` command.
-static RAM: [(&str, usize); 7] = [
+static RAM: [(&str, usize); 8] = [
     ("tcp socket buffers", TCP_CONNS * (TCP_RX + TCP_TX)),
     ("udp socket buffers", 4 * MAX_DATAGRAM),
     ("udp request+reply", 2 * MAX_DATAGRAM),
@@ -83,6 +84,10 @@ static RAM: [(&str, usize); 7] = [
     ("session state (3)", 3 * Conn::STATE_BYTES),
     ("nic frame buffers", 2 * board::lan9118::MAX_FRAME),
     ("uart pipes", 2 * uart::PIPE),
+    (
+        "client (push/fetch): socket + buffers",
+        client::SOCK_RX + client::SOCK_TX + client::ARENA,
+    ),
 ];
 
 #[panic_handler]
@@ -206,7 +211,8 @@ async fn main(spawner: Spawner) {
             .map(|[a, b, c, d]| Ipv4Address::new(a, b, c, d)),
         dns_servers: heapless::Vec::new(),
     });
-    static RESOURCES: StaticCell<StackResources<{ TCP_CONNS + 1 }>> = StaticCell::new();
+    // The TCP slots, the UDP socket and the client's socket.
+    static RESOURCES: StaticCell<StackResources<{ TCP_CONNS + 2 }>> = StaticCell::new();
     static NIC: StaticCell<Nic> = StaticCell::new();
     let (stack, runner) = embassy_net::new(
         NIC.init(nic),
@@ -224,6 +230,11 @@ async fn main(spawner: Spawner) {
                 .unwrap_or_else(|_| halt(format_args!("spawn"))),
         );
     }
+    static CLIENT: StaticCell<client::ClientMem> = StaticCell::new();
+    spawner.spawn(
+        client::client_task(stack, sh, p.key, CLIENT.init(client::ClientMem::new()))
+            .unwrap_or_else(|_| halt(format_args!("spawn"))),
+    );
     log!("serving tether on TCP and UDP port {DEFAULT_PORT} and on UART0");
 }
 

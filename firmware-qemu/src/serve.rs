@@ -14,8 +14,12 @@ use core::fmt::Write as _;
 
 use sha2::{Digest as _, Sha256};
 use tether_proto::device::commands::{Cmd, Ctx, Output, Table};
-use tether_proto::device::{Clock, Config, Device, DeviceConn, Event, OffsetClock, Peer, RamStore};
+use tether_proto::device::{
+    Clock, Config, Device, DeviceConn, Event, FileId, OffsetClock, Peer, RamStore, Store as _,
+};
 use tether_proto::handshake::KEY_LEN;
+
+pub use tether_proto::device::StoreError;
 
 /// Most files the store holds.
 pub const STORE_FILES: usize = 16;
@@ -120,6 +124,73 @@ impl Shared {
     }
 }
 
+/// A committed file, as the client reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct FileRef {
+    id: FileId,
+    generation: u32,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// A file being written by the client: invisible until committed.
+#[derive(Debug)]
+pub struct NewFile(FileId);
+
+/// The store, for the device's own client (`push`, `fetch`). Every call
+/// borrows the device only for its duration, so a transfer interleaves
+/// with the sessions the device serves.
+impl Shared {
+    /// The committed file `name`.
+    pub fn file(&self, name: &str) -> Option<FileRef> {
+        let dev = self.dev.borrow();
+        let id = dev.store.find(name)?;
+        let m = dev.store.meta(id)?;
+        Some(FileRef {
+            id,
+            generation: m.generation,
+            size: m.size,
+        })
+    }
+
+    /// Bytes of `f` from `offset`; `Err(NotFound)` if it was replaced or
+    /// removed since it was looked up.
+    pub fn read_file(&self, f: &FileRef, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {
+        let dev = self.dev.borrow();
+        match dev.store.meta(f.id) {
+            Some(m) if m.generation == f.generation => dev.store.read(f.id, offset, buf),
+            _ => Err(StoreError::NotFound),
+        }
+    }
+
+    /// Reserve `size` bytes for a new file `name` (refused while an upload
+    /// to that name is in progress or kept for resuming).
+    pub fn begin_file(&self, name: &str, size: u64) -> Result<NewFile, StoreError> {
+        let mut dev = self.dev.borrow_mut();
+        if dev.store.partial(name).is_some() {
+            return Err(StoreError::Exists);
+        }
+        dev.store.begin(name, size).map(NewFile)
+    }
+
+    /// Write bytes of `f` at `offset`.
+    pub fn write_file(&self, f: &NewFile, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        self.dev.borrow_mut().store.write(f.0, offset, data)
+    }
+
+    /// Make `f` the file of its name (replacing an older one), dated now.
+    pub fn commit_file(&self, f: NewFile, now_ms: u64) -> Result<(), StoreError> {
+        let mut dev = self.dev.borrow_mut();
+        let secs = dev.clock.unix_ms(now_ms).map_or(0, |ms| ms / 1000);
+        dev.store.commit(f.0, secs, true)
+    }
+
+    /// Drop `f`.
+    pub fn discard_file(&self, f: NewFile) {
+        self.dev.borrow_mut().store.discard(f.0);
+    }
+}
+
 /// One connection's protocol state, over caller-owned buffers.
 pub struct Conn(DeviceConn<&'static mut [u8]>);
 
@@ -209,9 +280,57 @@ fn sha256_cmd(_: &mut (), ctx: &mut Ctx<'_>, args: &[&str], out: &mut Output<'_>
     0
 }
 
+/// `push` and `fetch`: the job starts in the client task; `jobs` says how
+/// it ended.
+fn job_cmd(_: &mut (), ctx: &mut Ctx<'_>, args: &[&str], out: &mut Output<'_>) -> i32 {
+    let job = match board::job::parse(args, tether_proto::DEFAULT_PORT) {
+        Ok(j) => j,
+        Err(why) => {
+            let _ = writeln!(out.err(), "{why}");
+            return 2;
+        }
+    };
+    if job.kind == board::job::Kind::Push && ctx.store.find(&job.local).is_none() {
+        let _ = writeln!(out.err(), "push: no such file: {}", job.local);
+        return 1;
+    }
+    match crate::client::submit(&job) {
+        Ok(seq) => {
+            let _ = writeln!(out, "job {seq}: {job}: started (`jobs` shows how it ends)");
+            0
+        }
+        Err(why) => {
+            let _ = writeln!(out.err(), "{}: {why}", args[0]);
+            1
+        }
+    }
+}
+
+fn jobs_cmd(_: &mut (), _: &mut Ctx<'_>, _: &[&str], out: &mut Output<'_>) -> i32 {
+    crate::client::status(out);
+    0
+}
+
 /// The firmware's own commands, beside the built-in ones.
-static COMMANDS: [Cmd<()>; 1] = [Cmd {
-    name: "sha256",
-    usage: "sha256 NAME           SHA-256 of a stored file, computed on the device",
-    run: sha256_cmd,
-}];
+static COMMANDS: [Cmd<()>; 4] = [
+    Cmd {
+        name: "sha256",
+        usage: "sha256 NAME           SHA-256 of a stored file, computed on the device",
+        run: sha256_cmd,
+    },
+    Cmd {
+        name: "push",
+        usage: "push HOST[:PORT] NAME [REMOTE]   put a stored file to a tether server (the device's key)",
+        run: job_cmd,
+    },
+    Cmd {
+        name: "fetch",
+        usage: "fetch HOST[:PORT] NAME [LOCAL]   get a tether server's file into the store",
+        run: job_cmd,
+    },
+    Cmd {
+        name: "jobs",
+        usage: "jobs                  how the last push or fetch is going or ended",
+        run: jobs_cmd,
+    },
+];

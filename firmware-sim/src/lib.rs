@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod http;
+pub mod jobs;
 pub mod virt;
 
 /// The network stack the simulator runs on (re-exported for tests).
@@ -107,7 +108,7 @@ pub const STORE_FILES: usize = 32;
 pub type SimStore = RamStore<Box<[u8]>, STORE_FILES>;
 
 /// The device logic as the simulator instantiates it.
-pub type SimDev = Device<SimStore, OffsetClock, Table<'static, ()>>;
+pub type SimDev = Device<SimStore, OffsetClock, Table<'static, jobs::Jobs>>;
 
 /// How to build a simulated device.
 #[derive(Debug, Clone)]
@@ -202,16 +203,20 @@ impl SimConfig {
                 n * (self.header_buf + self.tx_buf + self.output_buf),
             ),
             ("session state", n * session),
+            (
+                "client (push/fetch) socket and driver buffers",
+                self.tcp_rx + self.tcp_tx + jobs::ARENA,
+            ),
             ("device state", std::mem::size_of::<SimDev>() - store_table),
             ("store table", store_table),
             ("store arena", self.store_bytes),
         ];
-        v.splice(5..5, http);
+        v.splice(6..6, http);
         v
     }
 }
 
-fn sha256_cmd(_: &mut (), ctx: &mut Ctx<'_>, args: &[&str], out: &mut Output<'_>) -> i32 {
+fn sha256_cmd(_: &mut jobs::Jobs, ctx: &mut Ctx<'_>, args: &[&str], out: &mut Output<'_>) -> i32 {
     let [_, name] = args else {
         let _ = writeln!(out.err(), "usage: sha256 NAME");
         return 2;
@@ -240,7 +245,7 @@ fn sha256_cmd(_: &mut (), ctx: &mut Ctx<'_>, args: &[&str], out: &mut Output<'_>
     0
 }
 
-fn cat_cmd(_: &mut (), ctx: &mut Ctx<'_>, args: &[&str], out: &mut Output<'_>) -> i32 {
+fn cat_cmd(_: &mut jobs::Jobs, ctx: &mut Ctx<'_>, args: &[&str], out: &mut Output<'_>) -> i32 {
     let [_, name] = args else {
         let _ = writeln!(out.err(), "usage: cat NAME");
         return 2;
@@ -262,7 +267,7 @@ fn cat_cmd(_: &mut (), ctx: &mut Ctx<'_>, args: &[&str], out: &mut Output<'_>) -
 }
 
 /// The simulator's own commands: the firmware-author example.
-pub static SIM_COMMANDS: [Cmd<()>; 2] = [
+pub static SIM_COMMANDS: [Cmd<jobs::Jobs>; 5] = [
     Cmd {
         name: "sha256",
         usage: "sha256 NAME           SHA-256 of a stored file",
@@ -272,6 +277,21 @@ pub static SIM_COMMANDS: [Cmd<()>; 2] = [
         name: "cat",
         usage: "cat NAME              print a stored file (up to 576 bytes)",
         run: cat_cmd,
+    },
+    Cmd {
+        name: "push",
+        usage: "push HOST[:PORT] NAME [REMOTE]   put a stored file to a tether server (the device's key)",
+        run: jobs::job_cmd,
+    },
+    Cmd {
+        name: "fetch",
+        usage: "fetch HOST[:PORT] NAME [LOCAL]   get a tether server's file into the store",
+        run: jobs::job_cmd,
+    },
+    Cmd {
+        name: "jobs",
+        usage: "jobs                  how the last push or fetch is going or ended",
+        run: jobs::jobs_cmd,
     },
 ];
 
@@ -303,6 +323,11 @@ pub struct SimDevice {
     udp: SocketHandle,
     udp_out: Box<[u8]>,
     http: Option<http::HttpServer>,
+    /// The device's own client socket (push and fetch), and its driver's
+    /// buffers: allocated at boot, as a firmware would.
+    client: SocketHandle,
+    client_mem: Box<[u8]>,
+    client_port: u16,
     config: SimConfig,
     reboot_pending: bool,
     /// LED transitions seen (for tests and the log).
@@ -371,6 +396,10 @@ impl SimDevice {
         let http = config
             .http
             .then(|| http::HttpServer::new(&mut sockets, config.verbose));
+        let client = sockets.add(tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; config.tcp_rx]),
+            tcp::SocketBuffer::new(vec![0; config.tcp_tx]),
+        ));
         // The `mem` command reports these lines; they live as long as the process.
         let extra: &'static [(&'static str, usize)] = Box::leak(config.ram().into_boxed_slice());
         let dev_config = Config {
@@ -389,7 +418,7 @@ impl SimDevice {
                 offset_ms: config.unix_ms_at_zero,
             },
             Table {
-                state: (),
+                state: jobs::Jobs::new(),
                 commands: &SIM_COMMANDS,
             },
             ms(now),
@@ -402,6 +431,9 @@ impl SimDevice {
             udp,
             udp_out: vec![0u8; MAX_DATAGRAM].into_boxed_slice(),
             http,
+            client,
+            client_mem: vec![0u8; jobs::ARENA].into_boxed_slice(),
+            client_port: (config.seed % 16384) as u16,
             config,
             reboot_pending: false,
             led_log: Vec::new(),

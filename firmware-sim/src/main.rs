@@ -15,6 +15,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
 use tether_proto::{Header, Message};
 use tether_sim::client::{datagram, parse_datagram, Client};
+use tether_sim::jobs::run_job;
 use tether_sim::virt::{VirtualConfig, VirtualNet};
 use tether_sim::{Key, SimConfig, SimDevice};
 
@@ -290,6 +291,17 @@ fn run_tap(a: &Args) -> anyhow::Result<()> {
     while !stop.load(Ordering::Relaxed) {
         let t = now();
         sim.poll(t, &mut phy);
+        // A push or fetch a command queued: the device is a client until
+        // it ends (it keeps serving its sessions meanwhile).
+        if let Some((seq, job)) = sim.take_job() {
+            let t0 = now();
+            let r = run_job(&mut sim, &mut phy, &job, now, |d| {
+                let _ = phy::wait(fd, Some(d));
+                !stop.load(Ordering::Relaxed)
+            });
+            sim.finish_job(seq, &job, &r, (now() - t0).total_millis());
+            continue;
+        }
         let wait = sim.poll_delay(t).map_or(Duration::from_millis(100), |d| {
             d.min(Duration::from_millis(100))
         });

@@ -20,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 use tether_proto::codec::{encode_head, Decoder, Event, Limits};
 use tether_proto::device::commands::Table;
 use tether_proto::device::store::Store;
-use tether_proto::device::{Config, Device, OffsetClock, Peer, RamStore, DeviceConn};
+use tether_proto::device::{Config, Device, DeviceConn, OffsetClock, Peer, RamStore};
 use tether_proto::handshake::{ClientHandshake, Opener, SessionKeys, TagBuilder};
 use tether_proto::message::Proof;
 use tether_proto::wire::{Flags, Prefix, PrefixRepr, PREFIX_LEN, TAG_LEN, VERSION};

@@ -123,6 +123,83 @@ impl Netns {
     }
 }
 
+/// The TAP's host side, inside the namespace (where `tether serve` listens
+/// for a device acting as a client).
+pub const HOST_IP: &str = "192.168.69.100";
+
+/// A `tether serve` running inside a [`Netns`]; killed on drop.
+#[derive(Debug)]
+pub struct NsServer {
+    child: std::process::Child,
+    /// What it printed on stderr (its log), read as it goes.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl NsServer {
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for NsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Netns {
+    /// Start `tether serve` on `HOST_IP:port` in the namespace over
+    /// `root`, with `key_file` if given (with a key it may listen on a
+    /// non-loopback address); returns once it listens.
+    pub fn serve(&self, root: &Path, port: u16, key_file: Option<&Path>) -> NsServer {
+        use std::io::BufRead as _;
+        let mut c = self.exec(&tether_bin());
+        c.arg("serve")
+            .arg("--listen")
+            .arg(format!("{HOST_IP}:{port}"))
+            .arg("--root")
+            .arg(root);
+        if let Some(k) = key_file {
+            c.arg("--key-file").arg(k);
+        } else {
+            c.arg("--insecure");
+        }
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().expect("spawn tether serve");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let err = child.stderr.take().expect("stderr");
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(mut l) = l2.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(out);
+            let mut line = String::new();
+            let _ = r.read_line(&mut line);
+            let _ = tx.send(line);
+            let _ = std::io::copy(&mut r, &mut std::io::sink());
+        });
+        let server = NsServer { child, log };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) if l.starts_with("listening on") => server,
+            other => panic!(
+                "tether serve did not start ({other:?}); log:\n{}",
+                server.log()
+            ),
+        }
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let pids = ip(&["netns", "pids", &self.0]);

@@ -15,7 +15,7 @@ use tether_proto::{Argv, Command, Exec, ExitStatus, Message, Stream};
 use tether_tests::hostile::{get_exact, put, Observed};
 use tether_tests::peer::{nonce, Peer};
 use tether_tests::qemu::{image, missing_qemu, prov_block, random_seed, Qemu, DEV_IP};
-use tether_tests::tap::{enter, skip};
+use tether_tests::tap::{enter, skip, HOST_IP};
 use tether_tests::{tether, TempDir};
 
 fn ok(out: &Output) -> String {
@@ -56,6 +56,34 @@ fn exec(p: &mut Peer<'_>, id: u32, argv: &[&str]) -> (String, i32) {
             m => panic!("unexpected reply to Exec: {m:?}"),
         }
     }
+}
+
+/// Poll the device's `jobs` until the last job ended; its line.
+fn wait_job(keyed: &dyn Fn(&[&str]) -> Output, q: &Qemu) -> String {
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = ok(&keyed(&["exec", DEV_IP, "--", "jobs"]))
+            .trim()
+            .to_string();
+        if line.contains(": done: ") || line.contains(": failed: ") {
+            return line;
+        }
+        assert!(
+            Instant::now() < end,
+            "the job never ended: {line}\nlog:\n{}",
+            q.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// "N ms" from a job's line.
+fn job_ms(line: &str) -> String {
+    line.split(" in ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or("?")
+        .to_string()
 }
 
 #[test]
@@ -176,6 +204,92 @@ fn firmware_in_qemu_over_the_lan9118_and_uart0() {
     let t = ok(&ns.tether(&["time", DEV_IP]));
     assert!(t.starts_with("20") && t.trim_end().ends_with('Z'), "{t}");
     assert_eq!(ok(&ns.tether(&["echo", DEV_IP, "qemu"])), "QEMU\n");
+
+    // The device as a client (the async driver over embassy-net): it
+    // pushes up.bin to a `tether serve` on the TAP's host side holding the
+    // same key, then fetches it back under another name.
+    let served = dir.path().join("served");
+    std::fs::create_dir(&served).unwrap();
+    let server = ns.serve(&served, 7117, Some(&key_file));
+    let host = format!("{HOST_IP}:7117");
+    let started = ok(&keyed(&["exec", DEV_IP, "--", "push", &host, "up.bin"]));
+    assert!(started.contains("started"), "{started}");
+    let busy = keyed(&["exec", DEV_IP, "--", "push", &host, "up.bin"]);
+    let line = wait_job(&keyed, &q);
+    assert!(
+        line.contains(": done: 1048576 B in ")
+            && line.contains(&digest)
+            && line.ends_with(", sealed"),
+        "{line}\nserver log:\n{}",
+        server.log()
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "qemu: device push 1 MiB (sealed): {}",
+        job_ms(&line)
+    );
+    // A second job while one runs is refused (or it was already over).
+    assert!(
+        busy.status.success() || String::from_utf8_lossy(&busy.stderr).contains("a job is running"),
+        "{busy:?}"
+    );
+    let copy = std::fs::read(served.join("up.bin")).expect("the server's copy");
+    assert_eq!(
+        hex::encode(Sha256::digest(&copy)),
+        digest,
+        "the server's copy differs"
+    );
+    ok(&keyed(&[
+        "exec", DEV_IP, "--", "fetch", &host, "up.bin", "back.bin",
+    ]));
+    let line = wait_job(&keyed, &q);
+    assert!(
+        line.contains("fetch up.bin from")
+            && line.contains(": done: 1048576 B")
+            && line.contains(&digest),
+        "{line}\nserver log:\n{}",
+        server.log()
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "qemu: device fetch 1 MiB (sealed): {}",
+        job_ms(&line)
+    );
+    assert_eq!(
+        ok(&keyed(&["exec", DEV_IP, "--", "sha256", "back.bin"])),
+        format!("{digest}  back.bin\n")
+    );
+    // The server's errors reach the device's job: no such file, no key.
+    ok(&keyed(&["exec", DEV_IP, "--", "fetch", &host, "nope.bin"]));
+    let line = wait_job(&keyed, &q);
+    assert!(
+        line.contains("failed") && line.contains("NOT_FOUND"),
+        "{line}"
+    );
+    drop(server);
+    let open_root = dir.path().join("open");
+    std::fs::create_dir(&open_root).unwrap();
+    let open = ns.serve(&open_root, 7118, None);
+    ok(&keyed(&[
+        "exec",
+        DEV_IP,
+        "--",
+        "push",
+        &format!("{HOST_IP}:7118"),
+        "up.bin",
+    ]));
+    let line = wait_job(&keyed, &q);
+    assert!(
+        line.contains("failed") && line.contains("does not authenticate"),
+        "{line}"
+    );
+    assert!(
+        !open_root.join("up.bin").exists(),
+        "an unauthenticated server got the file"
+    );
+    drop(open);
+    let usage = keyed(&["exec", DEV_IP, "--", "push", "nowhere", "up.bin"]);
+    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
 
     // Over UART0: raw frames on the byte stream.
     let uart = q.connect_uart0(Duration::from_secs(5));

@@ -56,7 +56,7 @@ pub enum Request<'a> {
         /// The server kills it after this many milliseconds.
         timeout_ms: Option<u32>,
     },
-    /// Describe a path: [`Event::Entry`], then [`Event::Finished`].
+    /// Describe a path: one [`Event::Entry`] ends it.
     Stat {
         /// The path.
         path: &'a str,
@@ -284,6 +284,28 @@ pub enum Event<'a> {
     },
 }
 
+impl Event<'_> {
+    /// The request an event is about (`None` for [`Event::Connected`] and
+    /// [`Event::Closed`], which are about the connection).
+    pub fn req(&self) -> Option<ReqId> {
+        match self {
+            Event::Connected(_) | Event::Closed(_) => None,
+            Event::Pong { req, .. }
+            | Event::Echo { req, .. }
+            | Event::Time { req, .. }
+            | Event::Output { req, .. }
+            | Event::Exit { req, .. }
+            | Event::Entry { req, .. }
+            | Event::GetStarted { req, .. }
+            | Event::Data { req, .. }
+            | Event::PutStarted { req, .. }
+            | Event::Finished { req, .. }
+            | Event::ResumeMismatch { req }
+            | Event::Failed { req, .. } => Some(*req),
+        }
+    }
+}
+
 /// A failure of the caller's side of an upload: its Error's code and text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalFailure<'a> {
@@ -331,6 +353,7 @@ impl Uploads for () {
 
 /// Why a request could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum RequestError {
     /// Not connected (yet, or any more).

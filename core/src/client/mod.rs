@@ -34,11 +34,20 @@
 //!   checked not to have changed before Done, and the server's Done must
 //!   confirm the size and digest sent.
 
+pub mod asynch;
+pub mod blocking;
+mod driver;
 mod event;
 mod rx;
 mod slot;
 mod tx;
 
+pub use driver::{
+    ClientBuffers, Clock, EntryInfo, Error, Flow, PutOptions, Session, Time, Transfer, MIN_RX,
+    MIN_TX,
+};
+#[cfg(feature = "alloc")]
+pub use driver::{ExecOutput, OwnedEntry};
 pub use event::{
     ConnError, Event, LocalFailure, Origin, ReqId, Request, RequestError, Resume, ServerInfo,
     Uploads,
@@ -71,6 +80,27 @@ pub struct ClientConfig {
     pub accept_unauthenticated: bool,
     /// The handshake must complete within this many milliseconds (0: no deadline).
     pub handshake_timeout_ms: u32,
+}
+
+impl ClientConfig {
+    /// A device-sized client: 512-byte headers, 1 KiB chunks, no key (set
+    /// one: `ClientConfig { key: Some(k), ..ClientConfig::DEFAULT }`), a
+    /// 10 s handshake deadline.
+    pub const DEFAULT: ClientConfig = ClientConfig {
+        agent: concat!("tether-client/", env!("CARGO_PKG_VERSION")),
+        max_header: 512,
+        max_chunk: 1024,
+        key: None,
+        encrypt: false,
+        accept_unauthenticated: false,
+        handshake_timeout_ms: 10_000,
+    };
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig::DEFAULT
+    }
 }
 
 impl core::fmt::Debug for ClientConfig {
@@ -314,3 +344,6 @@ impl<const N: usize> State<N> {
 
 #[cfg(test)]
 mod test;
+
+#[cfg(test)]
+mod driver_test;

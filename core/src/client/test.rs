@@ -435,7 +435,7 @@ fn a_resumed_get_checks_the_prefix_and_a_mismatch_is_reported() {
     );
     // A partial that is not a prefix of the file: cancelled, reported.
     let mut wrong = Sha256::new();
-    wrong.update(&[0u8; 1200]);
+    wrong.update([0u8; 1200]);
     let (got, seen) = p.get(
         "r.bin",
         Some(Resume {
@@ -500,4 +500,143 @@ fn a_put_resumes_the_servers_partial_and_errors_end_requests() {
     assert_eq!(seen[1], Seen::Finished(4000, Some(digest(&data))));
     let (got, _) = q.get("k.bin", None);
     assert_eq!(got, data);
+}
+
+/// What a driver that reads once `poll_transmit` gives nothing relies on:
+/// a 0 from it means nothing is queued (a Done or a Cancel a round queued
+/// goes out in the same call) and nothing is due but an event to take.
+#[test]
+fn poll_transmit_leaves_nothing_queued_when_it_returns_zero() {
+    // `size` bytes put, or a resumed put whose partial differs.
+    for (size, mismatch) in [
+        (0usize, false),
+        (1, false),
+        (3000, false),
+        (9000, false),
+        (5000, true),
+    ] {
+        for (key, encrypt) in [(None, false), (Some(KEY), false), (Some(KEY), true)] {
+            let mut p = Pair::connect(size as u64 + 1, key, encrypt);
+            let data = pattern(size);
+            if mismatch {
+                // The server keeps a partial of other bytes.
+                let other: Vec<u8> = data.iter().map(|b| b ^ 1).collect();
+                p.up.data = other;
+                p.client
+                    .request(Request::Put {
+                        path: "m.bin",
+                        size: size as u64,
+                        force: true,
+                        resume: false,
+                    })
+                    .unwrap();
+                while p
+                    .dev
+                    .store
+                    .partial("m.bin")
+                    .is_none_or(|k| k.written < 2000)
+                {
+                    assert!(p.steps(1));
+                }
+                p.reconnect(key);
+            }
+            p.up.data = data.clone();
+            p.up.rng = Rng(1);
+            p.client
+                .request(Request::Put {
+                    path: "m.bin",
+                    size: size as u64,
+                    force: true,
+                    resume: mismatch,
+                })
+                .unwrap();
+            // Drive it as a blocking driver would: send until poll_transmit
+            // gives 0 and no event follows, and only then let the server
+            // answer (never pending uploads: this source always reads).
+            let mut ended = false;
+            for _ in 0..10_000 {
+                let mut out = vec![0u8; 4096];
+                let mut events = 0;
+                loop {
+                    let n = p
+                        .client
+                        .poll_transmit(p.now, &mut out, &mut AlwaysReady(&p.up.data));
+                    p.to_server.extend_from_slice(&out[..n]);
+                    let (_, ev) = p.client.handle_bytes(p.now, &[]);
+                    if let Some(e) = &ev {
+                        events += 1;
+                        ended |= matches!(
+                            e,
+                            Event::Finished { .. }
+                                | Event::ResumeMismatch { .. }
+                                | Event::Failed { .. }
+                        );
+                    }
+                    if n == 0 && ev.is_none() {
+                        break;
+                    }
+                }
+                let _ = events;
+                assert!(
+                    !p.client.wants_transmit(),
+                    "size {size}, mismatch {mismatch}, key {}, encrypt {encrypt}: poll_transmit gave 0 with bytes to send",
+                    key.is_some()
+                );
+                if ended {
+                    break;
+                }
+                // The server answers everything it got; the client reads it.
+                let used = p.server.handle_bytes(&mut p.dev, &p.to_server, p.now);
+                p.to_server.drain(..used);
+                let mut back = vec![0u8; 65536];
+                let n = p.server.poll_transmit(&mut p.dev, &mut back, p.now);
+                let mut input = &back[..n];
+                loop {
+                    let (used, ev) = p.client.handle_bytes(p.now, input);
+                    input = &input[used..];
+                    if let Some(e) = &ev {
+                        ended |= matches!(
+                            e,
+                            Event::Finished { .. }
+                                | Event::ResumeMismatch { .. }
+                                | Event::Failed { .. }
+                        );
+                    }
+                    if used == 0 && ev.is_none() {
+                        break;
+                    }
+                }
+                if ended {
+                    break;
+                }
+            }
+            assert!(
+                ended,
+                "size {size}, mismatch {mismatch}: the put never ended"
+            );
+        }
+    }
+}
+
+/// An upload source that never answers `Pending`.
+struct AlwaysReady<'a>(&'a [u8]);
+
+impl Uploads for AlwaysReady<'_> {
+    fn hash_prefix(&mut self, _: ReqId, len: u64) -> Poll<Result<Sha256, LocalFailure<'_>>> {
+        Poll::Ready(Ok(Sha256::new_with_prefix(&self.0[..len as usize])))
+    }
+    fn read(
+        &mut self,
+        _: ReqId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Poll<Result<usize, LocalFailure<'_>>> {
+        let at = offset as usize;
+        let n = buf.len().min(self.0.len() - at);
+        buf[..n].copy_from_slice(&self.0[at..at + n]);
+        Poll::Ready(Ok(n))
+    }
+    fn check_unchanged(&mut self, _: ReqId) -> Poll<Result<(), LocalFailure<'_>>> {
+        Poll::Ready(Ok(()))
+    }
 }

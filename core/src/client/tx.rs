@@ -152,12 +152,13 @@ impl<const N: usize> State<N> {
             return n;
         }
         while out.len() - n >= MIN_DATA_ROOM {
-            match self.round(tx, &mut out[n..], uploads) {
-                0 => break,
-                k => n += k,
-            }
+            let k = self.round(tx, &mut out[n..], uploads);
+            n += k;
+            // A round may queue a frame (an upload's Done, a Cancel)
+            // without writing data: it goes out in this call too, so that
+            // 0 means there is nothing to send.
             n += tx.drain(&mut out[n..]);
-            if tx.queued() > 0 {
+            if k == 0 || tx.queued() > 0 {
                 break;
             }
         }
@@ -218,7 +219,22 @@ impl<const N: usize> State<N> {
                     self.abandon(tx, i, code, text);
                 }
             },
-            PutPhase::Sending => return self.upload_data(i, tx, dst, uploads),
+            PutPhase::Sending => {
+                let k = self.upload_data(i, tx, dst, uploads);
+                let checking = matches!(
+                    &self.table.slots[i].op,
+                    Op::Put(Put {
+                        phase: PutPhase::Checking,
+                        ..
+                    })
+                );
+                // Every byte was sent before this call (or there were
+                // none): check and queue Done now, not on a later call.
+                if k > 0 || !checking || self.table.slots[i].wait {
+                    return k;
+                }
+                return self.upload_step(i, tx, dst, uploads);
+            }
             PutPhase::Checking => match uploads.check_unchanged(req) {
                 Poll::Pending => self.table.slots[i].wait = true,
                 Poll::Ready(Ok(())) => {
