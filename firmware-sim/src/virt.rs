@@ -24,8 +24,8 @@ use smoltcp::phy::{
 use smoltcp::socket::{icmp, tcp, udp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
-    EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, IpListenEndpoint,
-    Ipv4Address, Ipv4Cidr,
+    EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr,
+    IpListenEndpoint, Ipv4Address, Ipv4Cidr,
 };
 
 use crate::{SimConfig, SimDevice};
