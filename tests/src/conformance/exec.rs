@@ -17,6 +17,21 @@ fn s_touch(p: &mut Peer<'_>, _: &Fx<'_>) -> Result<Observed, String> {
     // The command the other cases rely on runs, and exits 0.
     let mut b = Vec::new();
     p.request(5, exec_msg(&["touch", "touched.txt"], &mut b), &[])?;
+    exited_0(p)
+}
+
+fn s_touch_shell(p: &mut Peer<'_>, _: &Fx<'_>) -> Result<Observed, String> {
+    let line = Command::Shell("touch shell-touched.txt");
+    let exec = Exec {
+        command: line,
+        timeout_ms: Some(60_000),
+    };
+    p.request(5, Message::Exec(exec), &[])?;
+    exited_0(p)
+}
+
+/// Output of request 5, if any, then `Exit{Code(0)}`.
+fn exited_0(p: &mut Peer<'_>) -> Result<Observed, String> {
     loop {
         let g = p.recv_checked()?;
         match g.message() {
@@ -36,6 +51,9 @@ pub fn cases() -> Vec<Case> {
     vec![
         c("exec of touch", Act::Script(s_touch), Expect::Ok)
             .after(After::Content("touched.txt", Vec::new())),
+        c("a shell line", Act::Script(s_touch_shell), Expect::Ok)
+            .needs(Caps::SHELL)
+            .after(After::Content("shell-touched.txt", Vec::new())),
         c(
             "exec of an empty argv",
             frames(vec![(
@@ -62,6 +80,27 @@ pub fn cases() -> Vec<Case> {
             "exec of a program that does not exist, with arguments",
             Act::Script(|p, _| run(p, &["no-such-program-xyz", "-rf", "/"])),
             failed("no-such-program-xyz"),
+        ),
+        case(
+            "Echo upper-cases ASCII letters only",
+            BOTH,
+            Open,
+            Act::Script(|p, _| {
+                p.request(
+                    6,
+                    Message::Echo {
+                        text: "héllo, wörld 42",
+                    },
+                    &[],
+                )?;
+                match must(p, 6, Kind::EchoReply)?.message() {
+                    Message::EchoReply {
+                        text: "HéLLO, WöRLD 42",
+                    } => Ok(Observed::Done),
+                    m => Err(format!("{m:?}")),
+                }
+            }),
+            Expect::Ok,
         ),
         case(
             "an invalid time format",

@@ -2,11 +2,13 @@
 //! limits HelloAck announces, directories on servers with and without
 //! `DIRS`, and symbolic links (PROTOCOL.md section 2.2, paths).
 
-use tether_proto::{Caps, ErrorCode as C, Message};
+use tether_proto::message::EntryKind;
+use tether_proto::{Caps, ErrorCode as C, Kind, Message};
 
-use super::kit::{ask, one, put, round_trip};
+use super::kit::{ask, must, one, put, round_trip};
 use super::Then::Open as Stays;
-use super::{case, err, Ack, Act, After, Case, Expect, Phrase, Stage::Open, BOTH};
+use super::{case, err, Ack, Act, After, Case, Expect, Fx, Observed, Phrase, Stage::Open, BOTH};
+use crate::peer::Peer;
 
 fn get(path: &'static str) -> Message<'static> {
     Message::Get { path, offset: 0 }
@@ -175,10 +177,53 @@ fn names() -> Vec<Case> {
     ]
 }
 
+fn s_stat_root(p: &mut Peer<'_>, _: &Fx<'_>) -> Result<Observed, String> {
+    p.request(5, stat("."), &[])?;
+    let g = must(p, 5, Kind::StatReply)?;
+    match g.message() {
+        Message::StatReply(e) if e.name == "." && e.kind == EntryKind::Dir => Ok(Observed::Done),
+        m => Err(format!("the root is {m:?}")),
+    }
+}
+
+fn s_list_root(p: &mut Peer<'_>, _: &Fx<'_>) -> Result<Observed, String> {
+    // One entry per name, in byte order, counted by Done.
+    p.request(5, Message::List { path: "" }, &[])?;
+    let mut names = Vec::new();
+    loop {
+        let g = p.recv_checked()?;
+        match g.message() {
+            Message::ListEntry(e) if g.id == 5 => names.push(e.name.to_string()),
+            Message::Done {
+                bytes,
+                sha256: None,
+            } if g.id == 5 => {
+                let mut sorted = names.clone();
+                sorted.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+                let fixture = ["chunk.bin", "empty.bin", "hello.txt"];
+                return if bytes != names.len() as u64 || sorted != names {
+                    Err(format!("{bytes} counted, listed {names:?}"))
+                } else if !fixture.iter().all(|f| names.iter().any(|n| n == f)) {
+                    Err(format!("the fixture is not all listed: {names:?}"))
+                } else {
+                    Ok(Observed::Done)
+                };
+            }
+            _ => return Ok(Observed::Frame(g)),
+        }
+    }
+}
+
 fn the_root_and_directories() -> Vec<Case> {
     let c = |name, act, expect| case(name, BOTH, Open, act, expect);
     let flat = |id| err(id, C::PATH_REFUSED, "flat", Stays);
     vec![
+        c("Stat of the root", Act::Script(s_stat_root), Expect::Ok),
+        c(
+            "List of the root: sorted and counted",
+            Act::Script(s_list_root),
+            Expect::Ok,
+        ),
         c(
             "Get of the root",
             one(80, get("")),
