@@ -266,8 +266,33 @@ fn cat_cmd(_: &mut jobs::Jobs, ctx: &mut Ctx<'_>, args: &[&str], out: &mut Outpu
     0
 }
 
+fn touch_cmd(_: &mut jobs::Jobs, ctx: &mut Ctx<'_>, args: &[&str], out: &mut Output<'_>) -> i32 {
+    let [_, name] = args else {
+        let _ = writeln!(out.err(), "usage: touch NAME");
+        return 2;
+    };
+    if ctx.store.find(name).is_some() {
+        return 0;
+    }
+    let modified = ctx.unix_ms.map_or(0, |ms| ms / 1000);
+    let made = ctx.store.begin(name, 0).and_then(|tmp| {
+        let r = ctx.store.commit(tmp, modified, false);
+        if r.is_err() {
+            ctx.store.discard(tmp);
+        }
+        r
+    });
+    match made {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = writeln!(out.err(), "touch: {name}: {e}");
+            1
+        }
+    }
+}
+
 /// The simulator's own commands: the firmware-author example.
-pub static SIM_COMMANDS: [Cmd<jobs::Jobs>; 5] = [
+pub static SIM_COMMANDS: [Cmd<jobs::Jobs>; 6] = [
     Cmd {
         name: "sha256",
         usage: "sha256 NAME           SHA-256 of a stored file",
@@ -292,6 +317,11 @@ pub static SIM_COMMANDS: [Cmd<jobs::Jobs>; 5] = [
         name: "jobs",
         usage: "jobs                  how the last push or fetch is going or ended",
         run: jobs::jobs_cmd,
+    },
+    Cmd {
+        name: "touch",
+        usage: "touch NAME            create an empty file (an existing one is kept)",
+        run: touch_cmd,
     },
 ];
 

@@ -98,6 +98,12 @@ struct Args {
     /// Serve a read-only status page over HTTP on port 80 (GET / and /status.json).
     #[arg(long)]
     http: bool,
+    /// Milliseconds a connection has to complete Hello (and Auth).
+    #[arg(long, value_name = "MS", default_value_t = SimConfig::default().handshake_timeout_ms)]
+    handshake_timeout_ms: u32,
+    /// Milliseconds an open connection may move no byte before it is closed.
+    #[arg(long, value_name = "MS", default_value_t = SimConfig::default().idle_timeout_ms)]
+    idle_timeout_ms: u32,
 }
 
 /// The key from --key-file / TETHER_KEY_FILE, or TETHER_KEY (hex).
@@ -171,6 +177,8 @@ fn sim_config(a: &Args, seed: u64, unix_ms_at_zero: u64, key: Option<Key>) -> Si
         key,
         verbose: !a.quiet,
         http: a.http,
+        handshake_timeout_ms: a.handshake_timeout_ms,
+        idle_timeout_ms: a.idle_timeout_ms,
         ..SimConfig::default()
     }
 }

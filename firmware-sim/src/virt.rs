@@ -24,8 +24,8 @@ use smoltcp::phy::{
 use smoltcp::socket::{icmp, tcp, udp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
-    EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, Ipv4Address,
-    Ipv4Cidr,
+    EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr,
+    IpListenEndpoint, Ipv4Address, Ipv4Cidr,
 };
 
 use crate::{SimConfig, SimDevice};
@@ -352,7 +352,26 @@ impl VirtualNet {
 
     /// Open a TCP connection from the host to the device.
     pub fn connect(&mut self) -> Result<VirtualTcp<'_>, NetError> {
+        let conn = self.open_tcp(None)?;
+        Ok(VirtualTcp { net: self, conn })
+    }
+
+    /// Open a TCP connection from the host to the device, from `from` (an
+    /// address on the host's /24 other than [`HOST_IP`] takes the host
+    /// interface's second address: a test can be several peers), and
+    /// name it by handle: for callers that keep the net elsewhere (several
+    /// connections used in turn, the net behind a `RefCell`). Use it with
+    /// [`tcp_read`](Self::tcp_read), [`tcp_write`](Self::tcp_write) and
+    /// [`close_tcp`](Self::close_tcp).
+    pub fn open_tcp(&mut self, from: Option<Ipv4Address>) -> Result<TcpConn, NetError> {
         self.reap();
+        let local = from.unwrap_or(HOST_IP);
+        if local != HOST_IP {
+            self.host.update_ip_addrs(|a| {
+                a.truncate(1);
+                let _ = a.push(IpCidr::Ipv4(Ipv4Cidr::new(local, 24)));
+            });
+        }
         let port = self.next_port;
         self.next_port = if port == u16::MAX { 49_152 } else { port + 1 };
         let mut s = tcp::Socket::new(
@@ -362,10 +381,14 @@ impl VirtualNet {
         s.set_nagle_enabled(false);
         let handle = self.host_sockets.add(s);
         let remote = (self.dev_ip, self.dev_port);
+        let endpoint = IpListenEndpoint {
+            addr: Some(IpAddress::Ipv4(local)),
+            port,
+        };
         let r = self
             .host_sockets
             .get_mut::<tcp::Socket<'_>>(handle)
-            .connect(self.host.context(), remote, port);
+            .connect(self.host.context(), remote, endpoint);
         if r.is_err() {
             self.host_sockets.remove(handle);
             return Err(NetError::Reset);
@@ -387,7 +410,73 @@ impl VirtualNet {
                 return Err(e);
             }
         }
-        Ok(VirtualTcp { net: self, handle })
+        Ok(TcpConn(handle))
+    }
+
+    fn sock(&mut self, c: TcpConn) -> &mut tcp::Socket<'static> {
+        self.host_sockets.get_mut::<tcp::Socket<'static>>(c.0)
+    }
+
+    /// Read from connection `c`, waiting (in virtual time) for at least one
+    /// byte; `Ok(0)` once the device closed its side.
+    pub fn tcp_read(&mut self, c: TcpConn, buf: &mut [u8]) -> Result<usize, NetError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let deadline = self.now + self.patience;
+        loop {
+            let s = self.sock(c);
+            if s.can_recv() {
+                return s.recv_slice(buf).map_err(|_| NetError::Reset);
+            }
+            if !s.may_recv() {
+                return Ok(0);
+            }
+            self.pump(deadline)?;
+        }
+    }
+
+    /// Queue bytes on connection `c`, waiting (in virtual time) for room
+    /// for at least one; returns how many were taken.
+    pub fn tcp_write(&mut self, c: TcpConn, buf: &[u8]) -> Result<usize, NetError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let deadline = self.now + self.patience;
+        loop {
+            let s = self.sock(c);
+            if !s.may_send() {
+                return Err(NetError::Reset);
+            }
+            if s.can_send() {
+                match s.send_slice(buf) {
+                    Ok(n) if n > 0 => return Ok(n),
+                    Ok(_) => {}
+                    Err(_) => return Err(NetError::Reset),
+                }
+            }
+            self.pump(deadline)?;
+        }
+    }
+
+    /// Close the sending half of `c` and wait until the device has seen it.
+    pub fn tcp_shutdown(&mut self, c: TcpConn) {
+        self.sock(c).close();
+        let deadline = self.now + Duration::from_secs(5);
+        while !matches!(
+            self.sock(c).state(),
+            tcp::State::Closed | tcp::State::TimeWait | tcp::State::FinWait2
+        ) {
+            if self.pump(deadline).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Done with `c`: close it (its socket is freed once the close completes).
+    pub fn close_tcp(&mut self, c: TcpConn) {
+        self.tcp_shutdown(c);
+        self.closed.push(c.0);
     }
 
     /// Send one datagram to the device's UDP port and wait for one reply,
@@ -455,16 +544,21 @@ impl VirtualNet {
     }
 }
 
+/// A TCP connection on the virtual wire, named by handle (see
+/// [`VirtualNet::open_tcp`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpConn(SocketHandle);
+
 /// A blocking TCP stream on the virtual wire (host side).
 pub struct VirtualTcp<'n> {
     net: &'n mut VirtualNet,
-    handle: SocketHandle,
+    conn: TcpConn,
 }
 
 impl fmt::Debug for VirtualTcp<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VirtualTcp")
-            .field("handle", &self.handle)
+            .field("conn", &self.conn)
             .finish()
     }
 }
@@ -475,31 +569,15 @@ impl VirtualTcp<'_> {
         self.net
     }
 
-    fn sock(&mut self) -> &mut tcp::Socket<'static> {
-        self.net
-            .host_sockets
-            .get_mut::<tcp::Socket<'static>>(self.handle)
-    }
-
     /// Close the sending half and wait until the device has seen it.
     pub fn shutdown(&mut self) {
-        self.sock().close();
-        let deadline = self.net.now + Duration::from_secs(5);
-        while !matches!(
-            self.sock().state(),
-            tcp::State::Closed | tcp::State::TimeWait | tcp::State::FinWait2
-        ) {
-            if self.net.pump(deadline).is_err() {
-                break;
-            }
-        }
+        self.net.tcp_shutdown(self.conn);
     }
 }
 
 impl Drop for VirtualTcp<'_> {
     fn drop(&mut self) {
-        self.shutdown();
-        self.net.closed.push(self.handle);
+        self.net.close_tcp(self.conn);
     }
 }
 
@@ -509,43 +587,13 @@ impl embedded_io::ErrorType for VirtualTcp<'_> {
 
 impl embedded_io::Read for VirtualTcp<'_> {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, NetError> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let deadline = self.net.now + self.net.patience;
-        loop {
-            let s = self.sock();
-            if s.can_recv() {
-                return s.recv_slice(buf).map_err(|_| NetError::Reset);
-            }
-            if !s.may_recv() {
-                return Ok(0);
-            }
-            self.net.pump(deadline)?;
-        }
+        self.net.tcp_read(self.conn, buf)
     }
 }
 
 impl embedded_io::Write for VirtualTcp<'_> {
     fn write(&mut self, buf: &[u8]) -> Result<usize, NetError> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let deadline = self.net.now + self.net.patience;
-        loop {
-            let s = self.sock();
-            if !s.may_send() {
-                return Err(NetError::Reset);
-            }
-            if s.can_send() {
-                match s.send_slice(buf) {
-                    Ok(n) if n > 0 => return Ok(n),
-                    Ok(_) => {}
-                    Err(_) => return Err(NetError::Reset),
-                }
-            }
-            self.net.pump(deadline)?;
-        }
+        self.net.tcp_write(self.conn, buf)
     }
 
     fn flush(&mut self) -> Result<(), NetError> {

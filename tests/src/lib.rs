@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 pub use tempfile::TempDir;
 
-pub mod hostile;
+pub mod conformance;
 pub mod peer;
 pub mod qemu;
 pub mod relay;

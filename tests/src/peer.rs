@@ -215,7 +215,15 @@ impl Got {
     }
     /// One line for assertion messages.
     pub fn describe(&self) -> String {
-        format!("id {} {:?}", self.id, self.message())
+        match self.error() {
+            Some((code, text)) => format!(
+                "id {} Error {} {text:?}",
+                self.id,
+                code.name()
+                    .map_or_else(|| code.0.to_string(), str::to_string)
+            ),
+            None => format!("id {} {:?}", self.id, self.message()),
+        }
     }
 }
 
@@ -247,6 +255,12 @@ pub struct Peer<'a> {
     pub max_chunk: u32,
     /// The server's capabilities.
     pub caps: Caps,
+    /// HelloAck's `max_requests`, `max_name` and `max_path` (0 before it).
+    pub max_requests: u16,
+    /// Longest name the server accepts.
+    pub max_name: u16,
+    /// Longest path the server accepts.
+    pub max_path: u16,
 }
 
 impl std::fmt::Debug for Peer<'_> {
@@ -269,6 +283,9 @@ impl<'a> Peer<'a> {
             max_header: Limits::HANDSHAKE.max_header,
             max_chunk: Limits::HANDSHAKE.max_body as u32,
             caps: Caps::empty(),
+            max_requests: 0,
+            max_name: 0,
+            max_path: 0,
         }
     }
 
@@ -469,6 +486,7 @@ impl<'a> Peer<'a> {
             .handle_hello_ack(&ack)
             .map_err(|e| format!("HelloAck refused: {e}"))?;
         let (mh, mc, caps) = (ack.max_header, ack.max_chunk, ack.caps);
+        let (mr, mn, mp) = (ack.max_requests, ack.max_name, ack.max_path);
         if let Some(p) = proof {
             self.request(0, Message::Auth(p), &[])?;
             let g = self.recv().map_err(|e| format!("no AuthOk: {e:?}"))?;
@@ -483,6 +501,9 @@ impl<'a> Peer<'a> {
         self.max_header = mh;
         self.max_chunk = mc;
         self.caps = caps;
+        self.max_requests = mr;
+        self.max_name = mn;
+        self.max_path = mp;
         Ok(())
     }
 

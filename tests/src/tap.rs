@@ -103,6 +103,11 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Its name (`ip netns` lists it; `/run/netns/NAME` is its handle).
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
     /// `program` inside the namespace, with no tether key or encryption settings inherited.
     pub fn exec(&self, program: &Path) -> Command {
         let mut c = Command::new("ip");

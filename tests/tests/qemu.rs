@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 use tether_proto::{Argv, Command, Exec, ExitStatus, Message, Stream};
-use tether_tests::hostile::{get_exact, put, Observed};
+use tether_tests::conformance::kit::{get_exact, put};
+use tether_tests::conformance::Observed;
 use tether_tests::peer::{nonce, Peer};
 use tether_tests::qemu::{image, missing_qemu, prov_block, random_seed, Qemu, DEV_IP};
 use tether_tests::tap::{enter, skip, HOST_IP};

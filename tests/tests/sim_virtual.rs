@@ -417,7 +417,7 @@ fn a_full_store_gives_a_clear_error() {
     c.put("a.bin", &data(40 * 1024, 4), false).unwrap();
     let (code, m) = remote_code(c.put("b.bin", &data(40 * 1024, 5), false));
     assert_eq!(code, ErrorCode::NO_SPACE);
-    assert_eq!(m, "store full: 40960 bytes needed, 24576 free");
+    assert_eq!(m, "not enough space: 40960 bytes needed, 24576 free");
     // Replacing needs room for both copies until the commit.
     let (code, _) = remote_code(c.put("a.bin", &data(30 * 1024, 6), true));
     assert_eq!(code, ErrorCode::NO_SPACE);

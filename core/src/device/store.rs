@@ -120,7 +120,7 @@ impl fmt::Display for StoreError {
             }
             StoreError::BadName => write!(f, "invalid file name"),
             StoreError::NoSpace { needed, free } => {
-                write!(f, "store full: {needed} bytes needed, {free} free")
+                write!(f, "not enough space: {needed} bytes needed, {free} free")
             }
             StoreError::NoSlot { max } => write!(f, "store full: all {max} file slots in use"),
             StoreError::Exists => write!(f, "file exists (use force to replace it)"),

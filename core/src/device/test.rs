@@ -772,7 +772,7 @@ fn uploads_commit_only_when_complete_and_verified() {
     let f = t.put(8, "big", &pattern(4094), false);
     let (_, code, m) = error_of(&f[0]);
     assert_eq!(code, ErrorCode::NO_SPACE);
-    assert_eq!(m, "store full: 4094 bytes needed, 4093 free");
+    assert_eq!(m, "not enough space: 4094 bytes needed, 4093 free");
     let f = t.put(9, &"n".repeat(49), b"", false);
     let (_, code, m) = error_of(&f[0]);
     assert_eq!(code, ErrorCode::PATH_REFUSED);

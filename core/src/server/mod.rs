@@ -52,6 +52,8 @@ pub mod path;
 mod rx;
 mod slot;
 mod step;
+#[cfg(test)]
+mod test;
 mod tx;
 
 use crate::codec::{Decoder, Limits};

@@ -10,7 +10,10 @@
 //!   then dispatched.
 //!
 //! A frame whose reply does not fit the staging queue is held: no more
-//! input is taken until it could be dispatched.
+//! input is taken until it could be dispatched. Nor is any while a Put
+//! waits for the backend to create its upload: the Put is answered
+//! (PutReady or Error) before the frames after it are read, so a client
+//! may send its Data without waiting, on a slow backend as on a quick one.
 
 use crate::codec::{DecodeError, Event, Frame, Limits};
 use crate::handshake::{Opener, TagBuilder};
@@ -101,6 +104,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ServerConn<B, N> {
                     break;
                 }
                 continue;
+            }
+            // A Put is answered before anything after it is read: its Data
+            // may follow at once, whatever the backend's pace.
+            if !self.st.puts_answered(&mut self.staging, bk) {
+                break;
             }
             if !self.start_collect() {
                 break;
@@ -224,6 +232,33 @@ impl<const N: usize> State<N> {
             Some(i) => self.rx.route = Route::Put(i),
             None => self.rx.at_end = true,
         }
+    }
+
+    /// Whether no Put waits for its PutReady (or Error): a pending create
+    /// is polled once more first.
+    pub(super) fn puts_answered<B: AsRef<[u8]> + AsMut<[u8]>, K: Backend>(
+        &mut self,
+        tx: &mut Staging<B>,
+        bk: &mut K,
+    ) -> bool {
+        let creating = |s: &super::slot::Slot| {
+            matches!(
+                s.op,
+                Op::Put(Put {
+                    phase: PutPhase::Create,
+                    ..
+                })
+            )
+        };
+        for i in 0..N {
+            if creating(&self.table.slots[i]) {
+                self.kick(i, tx, bk);
+                if creating(&self.table.slots[i]) {
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// The slot of the upload whose data this header announces, if it is

@@ -123,6 +123,8 @@ struct Put {
     failed: Option<Fail>,
     fill: Vec<u8>,
     spare: Vec<Vec<u8>>,
+    /// Chunks handed to the writer and not reported written yet.
+    behind: usize,
     cmds: Option<std_mpsc::Sender<WriteCmd>>,
     _claim: Option<UploadClaim>,
     _permit: Option<OwnedSemaphorePermit>,
@@ -250,6 +252,7 @@ impl HostBackend {
             (Work::Put(p), Completion::Created(x)) => p.created = Some(x),
             (Work::Put(p), Completion::Written(x)) => {
                 self.behind = self.behind.saturating_sub(1);
+                p.behind = p.behind.saturating_sub(1);
                 match x {
                     Ok(buf) => p.spare.push(buf),
                     Err(f) => p.failed = Some(f),
@@ -427,6 +430,7 @@ impl HostBackend {
                 if let Some(c) = &p.cmds {
                     sent = c.send(WriteCmd::Data(buf, n)).is_ok();
                 }
+                p.behind += usize::from(sent);
             }
         }
         if sent {
@@ -693,6 +697,7 @@ impl Backend for HostBackend {
                             }
                         }
                     }
+                    p.behind += sent;
                     None
                 }
             }
@@ -780,16 +785,29 @@ impl Backend for HostBackend {
     }
 
     fn end(&mut self, req: Req, how: End) {
-        let Some(slot) = self
+        let Some(mut slot) = self
             .slots
             .get_mut(usize::from(req.slot))
             .and_then(Option::take)
         else {
             return;
         };
-        if let Work::Put(p) = &slot.work {
-            if let (Some(c), End::Failed(_)) = (&p.cmds, how) {
-                let _ = c.send(WriteCmd::Discard);
+        if let Work::Put(p) = &mut slot.work {
+            // Its chunks still with the writer are reported to a slot that
+            // is gone: they no longer hold this connection's input back.
+            self.behind = self.behind.saturating_sub(p.behind);
+            match (&p.cmds, how) {
+                (Some(c), End::Failed(_)) => {
+                    let _ = c.send(WriteCmd::Discard);
+                }
+                // Cancelled or cut off: the partial kept holds every byte
+                // received (the writer writes them, then keeps it).
+                (Some(c), End::Interrupted(_)) if !p.fill.is_empty() => {
+                    let buf = std::mem::take(&mut p.fill);
+                    let n = buf.len();
+                    let _ = c.send(WriteCmd::Data(buf, n));
+                }
+                _ => {}
             }
         }
         let secs = slot.started.elapsed().as_secs_f64();
@@ -875,4 +893,110 @@ impl HostBackend {
 /// Failure of a request that could not even be tried.
 pub fn internal(what: &str) -> Fail {
     Fail::new(ErrorCode::INTERNAL, format!("internal error: {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use tether_proto::server::{Backoff, BackoffPolicy, PathRules};
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::server::files::Root;
+
+    const RULES: PathRules = PathRules {
+        max_name: 255,
+        max_path: 4095,
+        dirs: true,
+    };
+
+    fn backend(
+        root: &std::path::Path,
+    ) -> (HostBackend, mpsc::UnboundedReceiver<(Key, Completion)>) {
+        let cfg = crate::server::ServerConfig::new(root.to_path_buf());
+        let shared = Arc::new(Shared {
+            engine: cfg.engine(),
+            root: Root::open(root).unwrap(),
+            uploads: Mutex::new(HashSet::new()),
+            transfers: Arc::new(Semaphore::new(4)),
+            backoff: Mutex::new(Backoff::new(BackoffPolicy::HOST)),
+            epoch: Instant::now(),
+            cfg,
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            HostBackend::new(shared, "127.0.0.1:1".parse().unwrap(), tx),
+            rx,
+        )
+    }
+
+    async fn create(
+        bk: &mut HostBackend,
+        rx: &mut mpsc::UnboundedReceiver<(Key, Completion)>,
+        req: Req,
+        name: &str,
+        size: u64,
+    ) {
+        let path = RULES.check(name, true).unwrap();
+        let (force, resume) = (false, false);
+        bk.start(
+            req,
+            Start::Create {
+                path,
+                size,
+                force,
+                resume,
+            },
+        );
+        let (key, c) = rx.recv().await.unwrap();
+        assert!(matches!(c, Completion::Created(Ok(_))));
+        assert_eq!(bk.complete(key, c), Some(req));
+    }
+
+    #[tokio::test]
+    async fn an_ended_upload_holds_no_input_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut bk, mut rx) = backend(dir.path());
+        let a = Req { slot: 0, id: 1 };
+        create(&mut bk, &mut rx, a, "a.bin", 100 * CHUNK as u64).await;
+        let chunk = vec![7u8; CHUNK];
+        for i in 0..WRITE_BEHIND {
+            bk.write(a, (i * CHUNK) as u64, &chunk).unwrap();
+        }
+        assert!(bk.input_paused());
+        // It fails with its chunks still with the writer, whose reports
+        // then find no request.
+        bk.end(a, End::Failed(ErrorCode::DIGEST_MISMATCH));
+        assert!(!bk.input_paused(), "{} chunks still count", bk.behind);
+        while let Ok(Some((key, c))) =
+            tokio::time::timeout(Duration::from_millis(300), rx.recv()).await
+        {
+            assert_eq!(bk.complete(key, c), None);
+        }
+        assert_eq!(bk.behind, 0);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_upload_keeps_every_byte_received() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut bk, mut rx) = backend(dir.path());
+        let b = Req { slot: 1, id: 2 };
+        create(&mut bk, &mut rx, b, "b.bin", 10).await;
+        // Fewer bytes than a chunk: still in memory when the upload ends.
+        bk.write(b, 0, b"12345").unwrap();
+        bk.end(b, End::Interrupted(ErrorCode::CANCELLED));
+        let part = dir.path().join(files::part_name("b.bin"));
+        let end = Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&part).map_or(0, |m| m.len()) != 5 {
+            assert!(
+                Instant::now() < end,
+                "the partial does not hold the 5 bytes"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(std::fs::read(&part).unwrap(), b"12345");
+    }
 }

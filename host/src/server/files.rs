@@ -397,25 +397,19 @@ pub fn create(
             ))
         }
     };
+    let part = part_name(&name);
+    // What is there now decides before the space does, and before any
+    // parent is created (checked again once the parent is open).
+    if let Ok(m) = root.dir.symlink_metadata(&p) {
+        refuse_existing(&m, force, &shown)?;
+    }
+    check_space(root, &parent.join(&part), size, resume)?;
     let dir = open_parent(root, &parent, &shown)?;
     match dir.symlink_metadata(&name) {
-        Ok(m) if m.is_dir() => {
-            return Err(Fail::new(
-                ErrorCode::IS_DIRECTORY,
-                format!("'{shown}' is a directory; name a file inside it"),
-            ))
-        }
-        Ok(_) if !force => {
-            return Err(Fail::new(
-                ErrorCode::EXISTS,
-                format!("'{shown}' already exists on the server (use --force to replace it)"),
-            ))
-        }
-        Ok(_) => {}
+        Ok(m) => refuse_existing(&m, force, &shown)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_fail(&e, &shown)),
     }
-    let part = part_name(&name);
     let mut opts = OpenOptions::new();
     opts.read(true).write(true).create(true);
     let mut file = dir
@@ -461,6 +455,54 @@ pub fn create(
         },
         prefix,
     ))
+}
+
+/// An upload's destination that exists: a directory is refused, a file
+/// unless `force`.
+fn refuse_existing(m: &Metadata, force: bool, shown: &str) -> Result<(), Fail> {
+    if m.is_dir() {
+        return Err(Fail::new(
+            ErrorCode::IS_DIRECTORY,
+            format!("'{shown}' is a directory; name a file inside it"),
+        ));
+    }
+    if !force {
+        return Err(Fail::new(
+            ErrorCode::EXISTS,
+            format!("'{shown}' already exists on the server (use --force to replace it)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuse an upload of `size` bytes that the root's file system has no room
+/// for (`NO_SPACE` at the Put, before anything is created): the bytes still
+/// to come (less a partial at `part` that a resumed upload takes up) against
+/// the space available to this process.
+#[cfg(unix)]
+#[allow(clippy::unnecessary_cast)] // the statvfs field types differ between platforms
+fn check_space(root: &Root, part: &Path, size: u64, resume: bool) -> Result<(), Fail> {
+    let Ok(st) = nix::sys::statvfs::fstatvfs(&root.dir) else {
+        return Ok(());
+    };
+    let free = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
+    let kept = match root.dir.symlink_metadata(part) {
+        Ok(m) if resume && m.is_file() && m.len() <= size => m.len(),
+        _ => 0,
+    };
+    let needed = size - kept;
+    if needed > free {
+        return Err(Fail::new(
+            ErrorCode::NO_SPACE,
+            format!("not enough space: {needed} bytes needed, {free} free"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_space(_: &Root, _: &Path, _: u64, _: bool) -> Result<(), Fail> {
+    Ok(())
 }
 
 /// The upload's directory, created (with its parents) when missing.
@@ -535,6 +577,34 @@ mod tests {
             assert!(p.ends_with(PART_SUFFIX));
             assert_eq!(p, part_name(&name), "stable, so a resume finds it");
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_upload_larger_than_the_free_space_is_refused_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let rules = tether_proto::server::PathRules {
+            max_name: 255,
+            max_path: 4095,
+            dirs: true,
+        };
+        let path = rules.check("sub/huge.bin", true).unwrap();
+        let f = create(&root, &path, 1 << 63, false, false).unwrap_err();
+        assert_eq!(f.code, ErrorCode::NO_SPACE);
+        assert!(
+            f.message
+                .starts_with("not enough space: 9223372036854775808 bytes needed, "),
+            "{}",
+            f.message
+        );
+        assert!(f.message.ends_with(" free"), "{}", f.message);
+        // Nothing was created: no parent, no partial.
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+        // What fits goes ahead.
+        let (w, prefix) = create(&root, &path, 10, false, false).unwrap();
+        assert!(prefix.is_none());
+        w.discard();
     }
 
     #[test]
