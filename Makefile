@@ -4,7 +4,7 @@ CARGO ?= cargo
 THUMB := thumbv7em-none-eabihf
 HOST := $(shell rustc -vV | sed -n 's/^host: //p')
 
-.PHONY: all build test lint fmt clippy unit thumb targets qemu-deps sim sim-shell qemu bench fuzz size clean
+.PHONY: all build test lint fmt clippy unit thumb targets qemu-deps sim sim-shell qemu bench bench-quick bench-check fuzz size clean
 
 all: build
 
@@ -22,6 +22,8 @@ fmt:
 	$(CARGO) fmt --manifest-path firmware-example/Cargo.toml --check
 	$(CARGO) fmt --manifest-path firmware-qemu/Cargo.toml --check
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml --check
+	$(CARGO) fmt --manifest-path bench/load/Cargo.toml --check
+	$(CARGO) fmt --manifest-path bench/codec/Cargo.toml --check
 
 clippy: targets
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -67,7 +69,7 @@ qemu-deps:
 
 lint: targets fmt clippy
 
-test: targets fmt clippy thumb unit
+test: targets fmt clippy thumb unit bench-check
 
 # The simulated device on a TAP in a fresh network namespace, driven by the
 # tether client (falls back to the virtual wire without root or /dev/net/tun).
@@ -81,9 +83,20 @@ sim-shell:
 qemu:
 	@bash scripts/qemu.sh
 
-# Side-by-side benchmarks; tables go to bench/results/.
+# Every benchmark row side by side, one Markdown file per run in bench/results/
+# (bench/README.md). Never part of `make test`: CI times nothing.
 bench:
-	python3 bench/transfer.py
+	python3 bench/bench.py
+
+# The same in under 3 minutes (smaller files, fewer rounds), for a developer.
+bench-quick:
+	BENCH_QUICK=1 python3 bench/bench.py
+
+# Smoke check for `make test`: the bench scripts import (syntax, names), nothing runs.
+bench-check:
+	@if command -v python3 >/dev/null; then \
+	  python3 -B -c 'import sys; sys.path.insert(0, "bench"); import bench' && echo "bench scripts: ok"; \
+	else echo "bench scripts: not checked (python3 is not installed)"; fi
 
 # Each fuzz target for FUZZ_SECONDS (default 60) from its committed corpus.
 FUZZ_SECONDS ?= 60
