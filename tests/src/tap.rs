@@ -13,17 +13,21 @@ use crate::{tether_bin, wait_limit, wait_output};
 /// The device's address inside the namespace (the host side is .100).
 pub const DEV_IP: &str = "192.168.69.1";
 
-/// Why a TAP test cannot run here, if it cannot.
-pub fn missing_prerequisite() -> Option<String> {
-    let root = std::fs::read_to_string("/proc/self/status")
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("Uid:"))
                 .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
         })
-        .unwrap_or(false);
-    if !root {
+        .unwrap_or(false)
+}
+
+/// Why a TAP test cannot run here, if it cannot.
+pub fn missing_prerequisite() -> Option<String> {
+    if !is_root() {
         return Some("not root".into());
     }
     if !Path::new("/dev/net/tun").exists() {
@@ -43,10 +47,15 @@ pub fn skip(test: &str, why: &str) {
     );
 }
 
-/// `tether-sim`, built beside the `tether` binary (same profile and target dir).
+/// `tether-sim`, built beside the `tether` binary (same profile and target
+/// dir). `TETHER_SIM_BIN` overrides it.
 pub fn sim_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(build_sim).clone()
+    BIN.get_or_init(|| match std::env::var_os("TETHER_SIM_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => build_sim(),
+    })
+    .clone()
 }
 
 fn build_sim() -> PathBuf {
@@ -101,6 +110,11 @@ impl Netns {
             assert!(out.status.success(), "ip {full:?}: {out:?}");
         }
         Ok(ns)
+    }
+
+    /// Take charge of an existing namespace `name` (removed on drop).
+    pub fn adopt(name: &str) -> Netns {
+        Netns(name.into())
     }
 
     /// `program` inside the namespace, with no tether key or encryption settings inherited.
