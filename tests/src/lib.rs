@@ -18,6 +18,7 @@ pub use tempfile::TempDir;
 pub mod hostile;
 pub mod peer;
 pub mod relay;
+pub mod soak;
 pub mod tap;
 
 /// The `tether` binary, built (once per test process) from this workspace

@@ -1,0 +1,36 @@
+//! The soak suite: `make soak` runs the long form (`SOAK=long`, release
+//! build); `cargo test -p tether-tests --test soak` the short one. It
+//! drives only the real `tether` and `tether-sim` binaries, prints one
+//! line per check and `N passed, M failed`, and exits non-zero on any
+//! failure. `SOAK_SEED=N` repeats a run, `SOAK_ONLY=prefix,prefix` picks
+//! checks. What each family checks: `tests/src/soak/`.
+
+use tether_tests::soak::kill::Victim;
+use tether_tests::soak::{kill, Suite};
+
+fn main() {
+    let mut suite = Suite::from_env();
+    kills(&mut suite);
+    std::process::exit(suite.finish());
+}
+
+/// kill -9 of either side during either transfer, on both targets.
+fn kills(suite: &mut Suite) {
+    let victims = [
+        ("client-put", Victim::ClientPut),
+        ("client-get", Victim::ClientGet),
+        ("server-put", Victim::ServerPut),
+        ("server-get", Victim::ServerGet),
+    ];
+    let n = suite.form.pick(3, 20);
+    for (name, v) in victims {
+        suite.host(&format!("kill-{name}"), &[], |env| kill::trials(env, v, n));
+    }
+    let n = suite.form.pick(2, 20);
+    for (name, v) in victims {
+        let name = name.replace("server", "device");
+        suite.device(&format!("device-kill-{name}"), &[], |env| {
+            kill::trials(env, v, n)
+        });
+    }
+}
