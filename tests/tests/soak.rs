@@ -6,11 +6,12 @@
 //! checks. What each family checks: `tests/src/soak/`.
 
 use tether_tests::soak::kill::Victim;
-use tether_tests::soak::{kill, Suite};
+use tether_tests::soak::{change, kill, Suite};
 
 fn main() {
     let mut suite = Suite::from_env();
     kills(&mut suite);
+    changes(&mut suite);
     std::process::exit(suite.finish());
 }
 
@@ -33,4 +34,23 @@ fn kills(suite: &mut Suite) {
             kill::trials(env, v, n)
         });
     }
+}
+
+/// Files that change while they are sent (D3).
+fn changes(suite: &mut Suite) {
+    use change::Change::*;
+    for c in [Overwrite, Grow, Shrink] {
+        let name = format!("{c:?}").to_lowercase();
+        suite.host(&format!("change-put-{name}"), &[], |env| {
+            change::put(env, c, 4 << 20, 4 << 20)
+        });
+        suite.host(&format!("change-get-{name}"), &[], |env| {
+            let remote = env.target.root().join("moving.bin");
+            change::get(env, c, &remote, 32 << 20, 32 << 20)
+        });
+        suite.device(&format!("device-change-put-{name}"), &[], |env| {
+            change::put(env, c, 512 << 10, 512 << 10)
+        });
+    }
+    suite.device("device-change-get-replaced", &[], change::device_replaced);
 }

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use crate::{text, wait_output_or_kill};
 
+pub mod change;
 pub mod device;
 pub mod kill;
 mod suite;
@@ -161,6 +162,31 @@ pub fn last_line(b: &[u8]) -> String {
 /// The path as a `&str` (test paths are always UTF-8).
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 test path")
+}
+
+/// Whether a message states its cause twice: some clause (text between
+/// `: ` and `; ` separators, without a trailing `[CODE]`) of at least six
+/// characters appears twice in one line. Returns the repeated clause.
+pub fn repeated_clause(stderr: &str) -> Option<String> {
+    for line in stderr.lines() {
+        let mut seen: Vec<String> = Vec::new();
+        for part in line.split("; ").flat_map(|p| p.split(": ")) {
+            let mut c = part.trim().trim_end_matches('.').trim();
+            if c.ends_with(']') {
+                if let Some(at) = c.rfind(" [") {
+                    c = c[..at].trim();
+                }
+            }
+            if c.len() < 6 {
+                continue;
+            }
+            if seen.iter().any(|s| s == c) {
+                return Some(c.to_string());
+            }
+            seen.push(c.to_string());
+        }
+    }
+    None
 }
 
 /// Bytes in a partial file: at `documented` (where the README says it
