@@ -6,12 +6,14 @@
 //! checks. What each family checks: `tests/src/soak/`.
 
 use tether_tests::soak::kill::Victim;
-use tether_tests::soak::{change, kill, Suite};
+use tether_tests::soak::{change, kill, names, Suite, Target};
 
 fn main() {
     let mut suite = Suite::from_env();
     kills(&mut suite);
     changes(&mut suite);
+    host_rest(&mut suite);
+    device(&mut suite);
     std::process::exit(suite.finish());
 }
 
@@ -53,4 +55,23 @@ fn changes(suite: &mut Suite) {
         });
     }
     suite.device("device-change-get-replaced", &[], change::device_replaced);
+}
+
+/// Names, BUSY, reruns and messages on `tether serve`.
+fn host_rest(suite: &mut Suite) {
+    let form = suite.form;
+    suite.host("names-lengths", &[], |env| {
+        names::round_trips(env, &names::length_cases(form, env.target.max_name()))
+    });
+    suite.host("names-depth", &[], |env| {
+        names::round_trips(env, &names::depth_cases(form))
+    });
+}
+
+/// The rest against the simulated device.
+fn device(suite: &mut Suite) {
+    let form = suite.form;
+    suite.device("device-names-lengths", &[], |env| {
+        names::round_trips(env, &names::length_cases(form, env.target.max_name()))
+    });
 }

@@ -26,6 +26,7 @@ use crate::{text, wait_output_or_kill};
 pub mod change;
 pub mod device;
 pub mod kill;
+pub mod names;
 mod suite;
 pub mod target;
 
