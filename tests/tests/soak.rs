@@ -6,13 +6,14 @@
 //! checks. What each family checks: `tests/src/soak/`.
 
 use tether_tests::soak::kill::Victim;
-use tether_tests::soak::{change, kill, names, Suite, Target};
+use tether_tests::soak::{change, kill, names, waves, Suite, Target};
 
 fn main() {
     let mut suite = Suite::from_env();
     kills(&mut suite);
     changes(&mut suite);
     host_rest(&mut suite);
+    host_load(&mut suite);
     device(&mut suite);
     std::process::exit(suite.finish());
 }
@@ -65,6 +66,15 @@ fn host_rest(suite: &mut Suite) {
     });
     suite.host("names-depth", &[], |env| {
         names::round_trips(env, &names::depth_cases(form))
+    });
+}
+
+/// Many clients at once, and waves of idle ones, on `tether serve`.
+fn host_load(suite: &mut Suite) {
+    let form = suite.form;
+    let n = form.pick(1000, 5000);
+    suite.host("idle-waves", &["--max-connections", "12000"], |env| {
+        waves::waves(env, n)
     });
 }
 

@@ -25,10 +25,12 @@ use crate::{text, wait_output_or_kill};
 
 pub mod change;
 pub mod device;
+pub mod idle;
 pub mod kill;
 pub mod names;
 mod suite;
 pub mod target;
+pub mod waves;
 
 pub use suite::{Env, Suite};
 pub use target::{HostTarget, Target};

@@ -66,6 +66,7 @@ impl Suite {
                 *g += &format!("{sep}{}", info.to_string().replace('\n', " / "));
             }
         }));
+        crate::soak::waves::raise_fd_limit();
         if crate::tap::missing_prerequisite().is_none() {
             super::device::sweep_stale();
         }
