@@ -6,7 +6,7 @@
 //! checks. What each family checks: `tests/src/soak/`.
 
 use tether_tests::soak::kill::Victim;
-use tether_tests::soak::{change, kill, names, waves, Suite, Target};
+use tether_tests::soak::{change, kill, names, retry, waves, Suite, Target};
 
 fn main() {
     let mut suite = Suite::from_env();
@@ -67,6 +67,18 @@ fn host_rest(suite: &mut Suite) {
     suite.host("names-depth", &[], |env| {
         names::round_trips(env, &names::depth_cases(form))
     });
+    suite.host(
+        "busy-transfer-limit",
+        &["--max-transfers", "1"],
+        retry::transfer_limit,
+    );
+    suite.host("busy-same-upload", &[], retry::same_upload);
+    suite.host(
+        "busy-connection-limit",
+        &["--max-connections", "1"],
+        retry::connection_limit,
+    );
+    suite.host("rerun-completed-put", &[], retry::rerun_completed);
 }
 
 /// Many clients at once, and waves of idle ones, on `tether serve`.
@@ -84,4 +96,6 @@ fn device(suite: &mut Suite) {
     suite.device("device-names-lengths", &[], |env| {
         names::round_trips(env, &names::length_cases(form, env.target.max_name()))
     });
+    suite.device("device-busy-backoff", &[], retry::device_backoff);
+    suite.device("device-rerun-completed-put", &[], retry::rerun_completed);
 }

@@ -28,6 +28,7 @@ pub mod device;
 pub mod idle;
 pub mod kill;
 pub mod names;
+pub mod retry;
 mod suite;
 pub mod target;
 pub mod waves;
