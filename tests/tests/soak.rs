@@ -6,7 +6,7 @@
 //! checks. What each family checks: `tests/src/soak/`.
 
 use tether_tests::soak::kill::Victim;
-use tether_tests::soak::{change, kill, names, retry, waves, Suite, Target};
+use tether_tests::soak::{change, kill, messages, names, retry, waves, Suite, Target};
 
 fn main() {
     let mut suite = Suite::from_env();
@@ -79,6 +79,13 @@ fn host_rest(suite: &mut Suite) {
         retry::connection_limit,
     );
     suite.host("rerun-completed-put", &[], retry::rerun_completed);
+    suite.host(
+        "messages-causes-once",
+        &["--max-transfers", "1"],
+        messages::causes_once,
+    );
+    suite.host("messages-missing-dir", &[], messages::missing_dir);
+    suite.host("messages-rates", &[], messages::rates);
 }
 
 /// Many clients at once, and waves of idle ones, on `tether serve`.

@@ -27,6 +27,7 @@ pub mod change;
 pub mod device;
 pub mod idle;
 pub mod kill;
+pub mod messages;
 pub mod names;
 pub mod retry;
 mod suite;
