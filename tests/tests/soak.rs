@@ -6,7 +6,7 @@
 //! checks. What each family checks: `tests/src/soak/`.
 
 use tether_tests::soak::kill::Victim;
-use tether_tests::soak::{change, kill, messages, names, retry, waves, Suite, Target};
+use tether_tests::soak::{change, kill, load, messages, names, retry, waves, Suite, Target};
 
 fn main() {
     let mut suite = Suite::from_env();
@@ -91,6 +91,15 @@ fn host_rest(suite: &mut Suite) {
 /// Many clients at once, and waves of idle ones, on `tether serve`.
 fn host_load(suite: &mut Suite) {
     let form = suite.form;
+    let many = load::Load {
+        clients: 200,
+        secs: form.pick(10, 60),
+        size: 64 << 10,
+        all_retry: false,
+    };
+    suite.host("many-clients", &["--allow-exec"], |env| {
+        load::run(env, many)
+    });
     let n = form.pick(1000, 5000);
     suite.host("idle-waves", &["--max-connections", "12000"], |env| {
         waves::waves(env, n)
@@ -105,4 +114,11 @@ fn device(suite: &mut Suite) {
     });
     suite.device("device-busy-backoff", &[], retry::device_backoff);
     suite.device("device-rerun-completed-put", &[], retry::rerun_completed);
+    let many = load::Load {
+        clients: 6,
+        secs: form.pick(5, 30),
+        size: 16 << 10,
+        all_retry: true,
+    };
+    suite.device("device-many-clients", &[], |env| load::run(env, many));
 }

@@ -27,6 +27,7 @@ pub mod change;
 pub mod device;
 pub mod idle;
 pub mod kill;
+pub mod load;
 pub mod messages;
 pub mod names;
 pub mod retry;
