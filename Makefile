@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 THUMB := thumbv7em-none-eabihf
 
-.PHONY: all build test lint fmt clippy unit thumb targets sim sim-shell bench fuzz size clean
+.PHONY: all build test lint fmt clippy unit thumb targets sim sim-shell bench fuzz size soak clean
 
 all: build
 
@@ -55,6 +55,15 @@ sim:
 
 sim-shell:
 	@bash scripts/sim.sh shell
+
+# The soak suite (tests/tests/soak.rs) against release builds of tether and
+# tether-sim: kill -9 trials, files changing while sent, every name length,
+# BUSY and reruns, messages, 200 clients, idle-connection waves. One line per
+# check. Long form by default (10-20 minutes); SOAK=short for the 2-minute
+# form, SOAK_SEED=N repeats a run, SOAK_ONLY=prefix,prefix picks checks.
+SOAK ?= long
+soak:
+	SOAK=$(SOAK) $(CARGO) test --release -p tether-tests --test soak
 
 # Side-by-side benchmarks; tables go to bench/results/.
 bench:
