@@ -3,8 +3,8 @@
 //! `tether-sim`, as a user would, so they hold across rewrites of the
 //! server and client internals.
 //!
-//! Each check prints one line, `PASS name (detail)` or `FAIL name: why`,
-//! and the run ends with `N passed, M failed`. `SOAK=long` selects the
+//! Each check prints one line, `PASS name (detail; secs)` or `FAIL name:
+//! why (secs)`, and the run ends with `N passed, M failed`. `SOAK=long` selects the
 //! long form (more trials, longer runs, bigger waves); `SOAK_SEED=N`
 //! repeats a run's random choices; `SOAK_ONLY=a,b` runs only the checks
 //! whose names start with one of the prefixes. `TETHER_BIN` and

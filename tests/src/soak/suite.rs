@@ -112,13 +112,14 @@ impl Suite {
         if !self.wants(name) {
             return;
         }
+        let t = Instant::now();
         let out = guarded(|| {
             let dir = TempDir::new().expect("temporary directory");
             let target = HostTarget::start(dir.path(), args);
             let mut env = self.env(name, target, dir);
             finish(f(&mut env), &mut env)
         });
-        self.record(name, out);
+        self.record(name, out, t.elapsed().as_secs_f64());
     }
 
     /// Run check `name` against a fresh simulated device (on a TAP in its
@@ -139,24 +140,25 @@ impl Suite {
             ));
             return;
         }
+        let t = Instant::now();
         let out = guarded(|| {
             let dir = TempDir::new().expect("temporary directory");
             let target = DeviceTarget::start(dir.path(), args)?;
             let mut env = self.env(name, target, dir);
             finish(f(&mut env), &mut env)
         });
-        self.record(name, out);
+        self.record(name, out, t.elapsed().as_secs_f64());
     }
 
-    fn record(&mut self, name: &str, out: Outcome) {
+    fn record(&mut self, name: &str, out: Outcome, secs: f64) {
         match out {
             Ok(detail) => {
                 self.passed += 1;
-                say(&format!("PASS {name} ({detail})"));
+                say(&format!("PASS {name} ({detail}; {secs:.1} s)"));
             }
             Err(why) => {
                 self.failed += 1;
-                say(&format!("FAIL {name}: {why}"));
+                say(&format!("FAIL {name}: {why} ({secs:.1} s)"));
             }
         }
     }
