@@ -59,7 +59,7 @@ sim-shell:
 # The soak suite (tests/tests/soak.rs) against release builds of tether and
 # tether-sim: kill -9 trials, files changing while sent, every name length,
 # BUSY and reruns, messages, 200 clients, idle-connection waves. One line per
-# check. Long form by default (10-20 minutes); SOAK=short for the 2-minute
+# check. Long form by default (6-8 minutes here); SOAK=short for the 2-minute
 # form, SOAK_SEED=N repeats a run, SOAK_ONLY=prefix,prefix picks checks.
 SOAK ?= long
 soak:
