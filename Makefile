@@ -4,7 +4,7 @@ CARGO ?= cargo
 THUMB := thumbv7em-none-eabihf
 HOST := $(shell rustc -vV | sed -n 's/^host: //p')
 
-.PHONY: all build test lint fmt clippy unit thumb targets qemu-deps sim sim-shell qemu bench bench-quick bench-check fuzz size clean
+.PHONY: all build test lint fmt clippy unit thumb targets qemu-deps sim sim-shell qemu bench bench-quick bench-check fuzz size soak clean
 
 all: build
 
@@ -82,6 +82,15 @@ sim-shell:
 # The firmware image in QEMU (mps2-an386) on a TAP, driven by the tether client.
 qemu:
 	@bash scripts/qemu.sh
+
+# The soak suite (tests/tests/soak.rs) against release builds of tether and
+# tether-sim: kill -9 trials, files changing while sent, every name length,
+# BUSY and reruns, messages, 200 clients, idle-connection waves. One line per
+# check. Long form by default (6-8 minutes here); SOAK=short for the 2-minute
+# form, SOAK_SEED=N repeats a run, SOAK_ONLY=prefix,prefix picks checks.
+SOAK ?= long
+soak:
+	SOAK=$(SOAK) $(CARGO) test --release -p tether-tests --test soak
 
 # Every benchmark row side by side, one Markdown file per run in bench/results/
 # (bench/README.md). Never part of `make test`: CI times nothing.

@@ -19,6 +19,7 @@ pub mod conformance;
 pub mod peer;
 pub mod qemu;
 pub mod relay;
+pub mod soak;
 pub mod tap;
 
 /// The `tether` binary, built (once per test process) from this workspace
@@ -82,29 +83,38 @@ pub fn run(args: &[&str]) -> Output {
 }
 
 /// Collect a child's output, killing it if it outlives `limit`.
-pub fn wait_output(mut child: Child, limit: Duration) -> Output {
+pub fn wait_output(child: Child, limit: Duration) -> Output {
+    let (o, killed) = wait_output_or_kill(child, limit);
+    if killed {
+        panic!(
+            "tether did not finish within {limit:?} (killed, {}); stderr:\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    o
+}
+
+/// Collect a child's output, killing it if it outlives `limit`; also
+/// whether it had to be killed.
+pub fn wait_output_or_kill(mut child: Child, limit: Duration) -> (Output, bool) {
     let out = child.stdout.take();
     let err = child.stderr.take();
     let t_out = std::thread::spawn(move || read_all(out));
     let t_err = std::thread::spawn(move || read_all(err));
-    let status = wait_limit(&mut child, limit);
-    let status = match status {
-        Some(s) => s,
+    let (status, killed) = match wait_limit(&mut child, limit) {
+        Some(s) => (s, false),
         None => {
             let _ = child.kill();
-            let s = child.wait().expect("wait");
-            let stderr = t_err.join().unwrap_or_default();
-            panic!(
-                "tether did not finish within {limit:?} (killed, {s}); stderr:\n{}",
-                String::from_utf8_lossy(&stderr)
-            );
+            (child.wait().expect("wait"), true)
         }
     };
-    Output {
+    let o = Output {
         status,
         stdout: t_out.join().unwrap_or_default(),
         stderr: t_err.join().unwrap_or_default(),
-    }
+    };
+    (o, killed)
 }
 
 fn read_all<R: Read>(r: Option<R>) -> Vec<u8> {

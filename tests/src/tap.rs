@@ -4,26 +4,30 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::{tether_bin, wait_output};
+use crate::{tether_bin, wait_limit, wait_output};
 
 /// The device's address inside the namespace (the host side is .100).
 pub const DEV_IP: &str = "192.168.69.1";
 
-/// Why a TAP test cannot run here, if it cannot.
-pub fn missing_prerequisite() -> Option<String> {
-    let root = std::fs::read_to_string("/proc/self/status")
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("Uid:"))
                 .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
         })
-        .unwrap_or(false);
-    if !root {
+        .unwrap_or(false)
+}
+
+/// Why a TAP test cannot run here, if it cannot.
+pub fn missing_prerequisite() -> Option<String> {
+    if !is_root() {
         return Some("not root".into());
     }
     if !Path::new("/dev/net/tun").exists() {
@@ -43,10 +47,15 @@ pub fn skip(test: &str, why: &str) {
     );
 }
 
-/// `tether-sim`, built beside the `tether` binary (same profile and target dir).
+/// `tether-sim`, built beside the `tether` binary (same profile and target
+/// dir). `TETHER_SIM_BIN` overrides it.
 pub fn sim_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(build_sim).clone()
+    BIN.get_or_init(|| match std::env::var_os("TETHER_SIM_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => build_sim(),
+    })
+    .clone()
 }
 
 fn build_sim() -> PathBuf {
@@ -106,6 +115,11 @@ impl Netns {
     /// Its name (`ip netns` lists it; `/run/netns/NAME` is its handle).
     pub fn name(&self) -> &str {
         &self.0
+    }
+
+    /// Take charge of an existing namespace `name` (removed on drop).
+    pub fn adopt(name: &str) -> Netns {
+        Netns(name.into())
     }
 
     /// `program` inside the namespace, with no tether key or encryption settings inherited.
@@ -233,5 +247,76 @@ pub fn enter(test: &str, prefix: &str) -> Option<Netns> {
             skip(test, &format!("cannot create a network namespace: {e}"));
             None
         }
+    }
+}
+
+/// `tether-sim` on tap0 inside a [`Netns`], started with extra options and
+/// considered up once it answers a UDP ping. Killed on drop.
+#[derive(Debug)]
+pub struct Sim {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Sim {
+    /// Start the device with `args` (after `--tap tap0`), its stderr appended
+    /// to `log`; waits (at most 20 s) until it answers a ping.
+    pub fn start(ns: &Netns, args: &[&str], log: &Path) -> Result<Sim, String> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+        let mut c = ns.exec(&sim_bin());
+        c.args(["--tap", "tap0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(file);
+        let child = c.spawn().map_err(|e| format!("spawn tether-sim: {e}"))?;
+        let mut sim = Sim {
+            child,
+            log: log.to_path_buf(),
+        };
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = ns.tether(&["-qq", "ping", DEV_IP, "-c", "1", "--timeout", "200ms"]);
+            if out.status.success() {
+                return Ok(sim);
+            }
+            if !sim.running() {
+                return Err(format!("tether-sim exited: {}", sim.log()));
+            }
+            if Instant::now() > end {
+                return Err(format!("the device never answered: {}", sim.log()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Its process id (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL it and wait for the exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = wait_limit(&mut self.child, Duration::from_secs(10));
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -8,9 +8,7 @@
 //! itself SKIPPED on the terminal (past the harness's output capture) and
 //! passes: it cannot run here, which says nothing about the code.
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
-use tether_tests::tap::{enter, sim_bin, DEV_IP};
+use tether_tests::tap::{enter, Sim, DEV_IP};
 use tether_tests::TempDir;
 
 fn text(b: &[u8]) -> String {
@@ -27,29 +25,9 @@ fn the_tether_client_authenticates_to_a_keyed_device_and_seals_everything() {
     let o = ns.tether(&["keygen", key.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let kf = key.to_str().unwrap();
-    let log = std::fs::File::create(dir.path().join("sim.log")).unwrap();
-    let mut sim = ns.exec(&sim_bin());
-    sim.args(["--tap", "tap0", "--key-file", kf])
-        .stdout(Stdio::null())
-        .stderr(log);
-    let mut child = sim.spawn().expect("spawn tether-sim");
-    let sim_log = || std::fs::read_to_string(dir.path().join("sim.log")).unwrap_or_default();
-
-    // Up once it answers a UDP ping (UDP needs no key).
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = ns.tether(&["-qq", "ping", DEV_IP, "-c", "1", "--timeout", "200ms"]);
-        if out.status.success() {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "tether-sim exited: {}",
-            sim_log()
-        );
-        assert!(Instant::now() < end, "the device never answered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let sim_log_path = dir.path().join("sim.log");
+    let sim = Sim::start(&ns, &["--key-file", kf], &sim_log_path).unwrap_or_else(|e| panic!("{e}"));
+    let sim_log = || sim.log();
 
     // With the key: exec, and a file up and back byte-exact, sealed.
     let o = ns.tether(&["exec", DEV_IP, "--key-file", kf, "--", "echo", "sealed"]);
@@ -118,7 +96,6 @@ fn the_tether_client_authenticates_to_a_keyed_device_and_seals_everything() {
         text(&o.stderr)
     );
 
-    let _ = child.kill();
+    drop(sim);
     drop(ns);
-    let _ = child.wait();
 }

@@ -5,9 +5,8 @@
 //! itself SKIPPED on the terminal (past the harness's output capture) and
 //! passes: it cannot run here, which says nothing about the code.
 
-use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
-use tether_tests::tap::{enter, sim_bin, DEV_IP};
+use std::process::Output;
+use tether_tests::tap::{enter, Sim, DEV_IP};
 use tether_tests::TempDir;
 
 /// Why this machine cannot run the TAP test, if it cannot.
@@ -27,30 +26,14 @@ fn device_over_tap_in_a_namespace_with_the_tether_client() {
         return;
     };
     let dir = TempDir::new().unwrap();
-    let log = std::fs::File::create(dir.path().join("sim.log")).unwrap();
     let pcap = dir.path().join("sim.pcap");
-    let mut sim = ns.exec(&sim_bin());
-    sim.args(["--tap", "tap0", "--seed", "7", "--pcap"])
-        .arg(&pcap)
-        .stdout(Stdio::null())
-        .stderr(log);
-    let mut child = sim.spawn().expect("spawn tether-sim");
-
-    // Up once it answers a UDP ping.
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = ns.tether(&["-qq", "ping", DEV_IP, "-c", "1", "--timeout", "200ms"]);
-        if out.status.success() {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "tether-sim exited: {}",
-            std::fs::read_to_string(dir.path().join("sim.log")).unwrap_or_default()
-        );
-        assert!(Instant::now() < end, "the device never answered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let pcap_arg = pcap.to_str().unwrap();
+    let sim = Sim::start(
+        &ns,
+        &["--seed", "7", "--pcap", pcap_arg],
+        &dir.path().join("sim.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 
     let out = ok(&ns.tether(&["ping", DEV_IP, "-c", "2", "-i", "50ms"]));
     assert!(out.contains("2 received"), "{out}");
@@ -81,9 +64,8 @@ fn device_over_tap_in_a_namespace_with_the_tether_client() {
     assert!(t.starts_with("20") && t.trim_end().ends_with('Z'), "{t}");
     assert_eq!(ok(&ns.tether(&["echo", DEV_IP, "tap"])), "TAP\n");
 
-    let _ = child.kill();
+    drop(sim);
     drop(ns);
-    let _ = child.wait();
     // The capture holds the session: a pcap header and the frames.
     let cap = std::fs::read(&pcap).unwrap();
     assert_eq!(&cap[..4], &0xa1b2_c3d4u32.to_le_bytes(), "not a pcap file");
