@@ -8,7 +8,7 @@
 //! buffer) that drains into later output buffers. Sealing happens as a
 //! frame is composed, so frames must leave in the order they were composed.
 
-use crate::handshake::SessionKeys;
+use crate::handshake::{FrameCipher, Sealer, SessionKeys};
 use crate::message::Header;
 use crate::wire::{Flags, Prefix, PrefixRepr, PREFIX_LEN, TAG_LEN, VERSION};
 
@@ -145,13 +145,47 @@ pub fn finish(
     seal(keys, dst, hlen, body_len)
 }
 
+/// How one outgoing frame is protected.
+#[derive(Debug)]
+pub enum Protection<'k> {
+    /// Before authentication, or on an unkeyed session: no tag.
+    Plain,
+    /// Flag SEALED: an HMAC tag over prefix, header and body.
+    Seal(&'k mut Sealer),
+    /// Flags SEALED | ENCRYPTED: header and body encrypted, an AEAD tag.
+    Encrypt(&'k mut FrameCipher),
+}
+
+impl<'k> Protection<'k> {
+    /// What a session with `keys` uses for every frame it sends.
+    pub fn of(keys: Option<&'k mut SessionKeys>) -> Self {
+        match keys {
+            None => Protection::Plain,
+            Some(SessionKeys {
+                encrypt: Some(cipher),
+                ..
+            }) => Protection::Encrypt(cipher),
+            Some(k) => Protection::Seal(&mut k.seal),
+        }
+    }
+}
+
 /// Header and body are in place after the prefix: write the prefix and,
 /// on a sealed session, seal or encrypt and append the tag.
 fn seal(keys: Option<&mut SessionKeys>, dst: &mut [u8], hlen: usize, body_len: usize) -> usize {
-    let flags = match &keys {
-        Some(k) if k.encrypted() => Flags::SEALED.union(Flags::ENCRYPTED),
-        Some(_) => Flags::SEALED,
-        None => Flags::empty(),
+    protect(Protection::of(keys), dst, hlen, body_len)
+}
+
+/// `hlen` header bytes and `body_len` body bytes are in place after the
+/// prefix in `dst` (with room for a tag after them when `p` has one):
+/// write the prefix and protect the frame with `p` (taking its next
+/// sequence number); returns the frame's length. The header bytes are not
+/// parsed, so a test peer can protect a malformed header as a sender would.
+pub fn protect(p: Protection<'_>, dst: &mut [u8], hlen: usize, body_len: usize) -> usize {
+    let flags = match &p {
+        Protection::Encrypt(_) => Flags::SEALED.union(Flags::ENCRYPTED),
+        Protection::Seal(_) => Flags::SEALED,
+        Protection::Plain => Flags::empty(),
     };
     let repr = PrefixRepr {
         version: VERSION,
@@ -161,29 +195,39 @@ fn seal(keys: Option<&mut SessionKeys>, dst: &mut [u8], hlen: usize, body_len: u
     };
     let end = PREFIX_LEN + hlen + body_len;
     let (prefix, rest) = dst.split_at_mut(PREFIX_LEN);
-    match keys {
-        Some(SessionKeys {
-            encrypt: Some(cipher),
-            ..
-        }) => {
+    match p {
+        Protection::Encrypt(cipher) => {
             // The checksum covers the ciphertext header.
             let tag = cipher.seal_in_place(&repr, &mut rest[..hlen + body_len]);
             repr.emit(&mut Prefix::new_unchecked(&mut *prefix), &rest[..hlen]);
             dst[end..end + TAG_LEN].copy_from_slice(&tag);
             end + TAG_LEN
         }
-        Some(keys) => {
+        Protection::Seal(sealer) => {
             repr.emit(&mut Prefix::new_unchecked(&mut *prefix), &rest[..hlen]);
-            let mut t = keys.seal.begin(prefix);
+            let mut t = sealer.begin(prefix);
             t.update(&rest[..hlen + body_len]);
             dst[end..end + TAG_LEN].copy_from_slice(&t.finish());
             end + TAG_LEN
         }
-        None => {
+        Protection::Plain => {
             repr.emit(&mut Prefix::new_unchecked(prefix), &rest[..hlen]);
             end
         }
     }
+}
+
+/// A whole frame around raw `header` bytes (not checked) and `body`,
+/// protected with `p`: for test peers that write what a sender might.
+#[cfg(feature = "alloc")]
+pub fn raw_frame(p: Protection<'_>, header: &[u8], body: &[u8]) -> alloc::vec::Vec<u8> {
+    let hlen = header.len();
+    let mut v = alloc::vec![0u8; PREFIX_LEN + hlen + body.len() + TAG_LEN];
+    v[PREFIX_LEN..PREFIX_LEN + hlen].copy_from_slice(header);
+    v[PREFIX_LEN + hlen..PREFIX_LEN + hlen + body.len()].copy_from_slice(body);
+    let n = protect(p, &mut v, hlen, body.len());
+    v.truncate(n);
+    v
 }
 
 /// A whole frame with `body`, protected with `keys` (for peers that have

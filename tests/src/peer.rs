@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tether_proto::codec::{Decoder, Event, Limits};
 use tether_proto::handshake::{ClientHandshake, FrameCipher, Opener, Sealer, SessionKeys};
+use tether_proto::outgoing::{self, Protection};
 use tether_proto::wire::{Flags, Prefix, PrefixRepr, PREFIX_LEN, VERSION};
 use tether_proto::{Caps, DecodeError, ErrorCode, Header, HeaderError, Kind, Message};
 
@@ -120,10 +121,7 @@ pub fn prefix(header: &[u8], body_len: u64, flags: u8) -> Vec<u8> {
 
 /// A whole unsealed frame around arbitrary header bytes.
 pub fn raw_frame(header: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut f = prefix(header, body.len() as u64, 0);
-    f.extend_from_slice(header);
-    f.extend_from_slice(body);
-    f
+    outgoing::raw_frame(Protection::Plain, header, body)
 }
 
 /// A whole unsealed frame.
@@ -132,38 +130,16 @@ pub fn frame(id: u32, msg: Message<'_>, body: &[u8]) -> Vec<u8> {
 }
 
 /// A whole frame sealed with `sealer` (flag SEALED, HMAC tag; takes its
-/// next sequence number).
+/// next sequence number), written by the core's one frame writer.
 pub fn sealed_frame(sealer: &mut Sealer, header: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut f = prefix(header, body.len() as u64, Flags::SEALED.bits());
-    f.extend_from_slice(header);
-    let mut t = sealer.begin(&f);
-    t.update(body);
-    f.extend_from_slice(body);
-    f.extend_from_slice(&t.finish());
-    f
+    outgoing::raw_frame(Protection::Seal(sealer), header, body)
 }
 
 /// A whole frame encrypted with `cipher` (flags `SEALED | ENCRYPTED`,
 /// header ‖ body ChaCha20-Poly1305 ciphertext, the checksum over the
 /// ciphertext header; takes its next sequence number).
 pub fn encrypted_frame(cipher: &mut FrameCipher, header: &[u8], body: &[u8]) -> Vec<u8> {
-    let repr = PrefixRepr {
-        version: VERSION,
-        flags: Flags::SEALED.union(Flags::ENCRYPTED),
-        header_len: header.len() as u16,
-        body_len: body.len() as u64,
-    };
-    let mut plain = header.to_vec();
-    plain.extend_from_slice(body);
-    let tag = cipher.seal_in_place(&repr, &mut plain);
-    let mut f = vec![0u8; PREFIX_LEN];
-    repr.emit(
-        &mut Prefix::new_unchecked(&mut f[..]),
-        &plain[..header.len()],
-    );
-    f.extend_from_slice(&plain);
-    f.extend_from_slice(&tag);
-    f
+    outgoing::raw_frame(Protection::Encrypt(cipher), header, body)
 }
 
 /// Recompute the prefix checksum of the whole frame `f` (after its header
