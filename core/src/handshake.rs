@@ -31,7 +31,7 @@ use hmac::{KeyInit, Mac};
 use sha2::{Digest as _, Sha256};
 
 use crate::message::{Caps, Hello, HelloAck, Proof};
-use crate::wire::{TAG_LEN, VERSION};
+use crate::wire::{Flags, TAG_LEN, VERSION};
 
 /// Pre-shared key length in bytes.
 pub const KEY_LEN: usize = 32;
@@ -362,6 +362,20 @@ impl SessionKeys {
     /// Whether frames are encrypted (flags SEALED | ENCRYPTED both ways).
     pub fn encrypted(&self) -> bool {
         self.encrypt.is_some()
+    }
+
+    /// Why an incoming frame with `flags` lacks the protection this
+    /// session requires (PROTOCOL.md 5.3), or `None` when it has it.
+    pub fn protection_fault(&self, flags: Flags) -> Option<&'static str> {
+        match (self.encrypted(), flags.contains(Flags::SEALED)) {
+            (true, _) if flags.contains(Flags::ENCRYPTED) => None,
+            (true, true) => {
+                Some("a frame arrived sealed but not encrypted on an encrypted session")
+            }
+            (true, false) => Some("a frame arrived unsealed on an encrypted session"),
+            (false, true) => None,
+            (false, false) => Some("a frame arrived unsealed on an authenticated session"),
+        }
     }
 }
 

@@ -322,17 +322,13 @@ impl<const N: usize> State<N> {
             }
             return true;
         };
-        if keys.encrypted() {
-            if !prefix.flags.contains(Flags::ENCRYPTED) {
-                self.integrity("a frame arrived unencrypted on an encrypted session");
-                return false;
-            }
-            self.rx.route = Route::Collect;
-            self.rx.collect = Some((prefix, 0));
+        if let Some(why) = keys.protection_fault(prefix.flags) {
+            self.integrity(why);
             return false;
         }
-        if !prefix.flags.contains(Flags::SEALED) {
-            self.integrity("a frame arrived unsealed on an authenticated session");
+        if keys.encrypted() {
+            self.rx.route = Route::Collect;
+            self.rx.collect = Some((prefix, 0));
             return false;
         }
         // The tag starts over the prefix and header as received.

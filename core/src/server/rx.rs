@@ -19,7 +19,7 @@ use crate::codec::{DecodeError, Event, Frame, Limits};
 use crate::handshake::{Opener, TagBuilder};
 use crate::message::{ErrorCode, Header, Message};
 use crate::text::text;
-use crate::wire::{Flags, PrefixRepr};
+use crate::wire::PrefixRepr;
 
 use super::backend::{Backend, Count};
 use super::dispatch::RawFrame;
@@ -207,25 +207,13 @@ impl<const N: usize> State<N> {
             self.rx.held = Held::Header;
             return;
         };
+        if let Some(why) = keys.protection_fault(f.prefix.flags) {
+            return self.integrity(tx, why, bk);
+        }
         if keys.encrypted() {
-            if !f.prefix.flags.contains(Flags::ENCRYPTED) {
-                let why = if f.prefix.flags.contains(Flags::SEALED) {
-                    "a frame arrived sealed but not encrypted on an encrypted session"
-                } else {
-                    "a frame arrived unsealed on an encrypted session"
-                };
-                return self.integrity(tx, why, bk);
-            }
             self.rx.route = Route::Collect;
             self.rx.collect = Some((f.prefix, None));
             return;
-        }
-        if !f.prefix.flags.contains(Flags::SEALED) {
-            return self.integrity(
-                tx,
-                "a frame arrived unsealed on an authenticated session",
-                bk,
-            );
         }
         self.rx.tag = Some(keys.open.begin_frame(&f));
         match self.upload_of(f.header) {

@@ -52,8 +52,10 @@ pub struct ServerInfo {
 pub trait Local: Uploads {
     /// Resolves when an upload's data the engine waited for is ready (the
     /// request to wake), or when a full local queue drained (`None`).
-    /// Never resolves when there is nothing to wait for.
-    fn ready(&mut self) -> impl Future<Output = Option<ReqId>>;
+    /// Never resolves when there is nothing to wait for. `paused` is what
+    /// [`Local::paused`] said when the caller stopped reading: then this
+    /// resolves once that pause may be over (the socket is not watched).
+    fn ready(&mut self, paused: bool) -> impl Future<Output = Option<ReqId>>;
     /// Whether input must wait (what arrived is not written yet).
     fn paused(&self) -> bool {
         false
@@ -82,7 +84,7 @@ const NO_UPLOAD: LocalFailure<'static> = LocalFailure {
 };
 
 impl Local for Nothing {
-    async fn ready(&mut self) -> Option<ReqId> {
+    async fn ready(&mut self, _: bool) -> Option<ReqId> {
         std::future::pending().await
     }
 }
@@ -258,7 +260,8 @@ impl Remote {
         }
         self.produce(local);
         let writing = self.out_at < self.out_end;
-        let reading = !local.paused() && self.filled < READ_MAX;
+        let paused = local.paused();
+        let reading = !paused && self.filled < READ_MAX;
         tokio::select! {
             r = self.stream.readable(), if reading => {
                 r.map_err(|e| self.lost(e))?;
@@ -268,7 +271,7 @@ impl Remote {
                 r.map_err(|e| self.lost(e))?;
                 self.write().map_err(|e| self.lost(e))?;
             }
-            r = local.ready() => {
+            r = local.ready(paused) => {
                 if let Some(req) = r {
                     self.conn.handle_ready(req);
                 }

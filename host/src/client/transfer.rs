@@ -190,7 +190,7 @@ impl Uploads for Download {
 }
 
 impl Local for Download {
-    async fn ready(&mut self) -> Option<ReqId> {
+    async fn ready(&mut self, paused: bool) -> Option<ReqId> {
         loop {
             while let Ok(r) = self.back.try_recv() {
                 match r {
@@ -204,8 +204,11 @@ impl Local for Download {
                 }
                 return None;
             }
-            if let Some(at) = self.throttle.due() {
-                tokio::time::sleep_until(at.into()).await;
+            if paused {
+                // Paused by the rate limit (checked again: it may be over).
+                if let Some(at) = self.throttle.due() {
+                    tokio::time::sleep_until(at.into()).await;
+                }
                 return None;
             }
             match self.back.recv().await {
@@ -247,14 +250,16 @@ fn open_partial(part: &Path, resume: bool) -> io::Result<(File, Option<Resume>)>
     Ok((f, None))
 }
 
-/// The writer thread: bytes to the partial, buffers back.
-fn start_writer(
-    mut file: File,
-) -> (
+/// The writer thread's ends: what to write, buffers written (or the
+/// failure), and the thread (the synced file when all went well).
+type Writer = (
     mpsc::Sender<WriteMsg>,
     mpsc::UnboundedReceiver<Result<Vec<u8>, io::Error>>,
     tokio::task::JoinHandle<io::Result<File>>,
-) {
+);
+
+/// The writer thread: bytes to the partial, buffers back.
+fn start_writer(mut file: File) -> Writer {
     let (tx, mut rx) = mpsc::channel::<WriteMsg>(4);
     let (back_tx, back) = mpsc::unbounded_channel();
     let handle = tokio::task::spawn_blocking(move || {
@@ -462,7 +467,7 @@ struct LocalFile {
     file: File,
     shown: String,
     size: u64,
-    identity: Option<(u64, Option<std::time::SystemTime>, u64)>,
+    identity: Option<Identity>,
 }
 
 impl LocalFile {
@@ -477,12 +482,21 @@ impl LocalFile {
     }
 }
 
-fn identity(m: &std::fs::Metadata) -> (u64, Option<std::time::SystemTime>, u64) {
+/// Size, modification time, inode, change time (s, ns).
+type Identity = (u64, Option<std::time::SystemTime>, u64, i64, i64);
+
+/// What says a file is still the one opened: size, modification time,
+/// inode and change time (a write in place moves the change time even
+/// when it restores the modification time).
+fn identity(m: &std::fs::Metadata) -> Identity {
     #[cfg(unix)]
-    let ino = std::os::unix::fs::MetadataExt::ino(m);
+    let (ino, ct, ctn) = {
+        use std::os::unix::fs::MetadataExt;
+        (m.ino(), m.ctime(), m.ctime_nsec())
+    };
     #[cfg(not(unix))]
-    let ino = 0;
-    (m.len(), m.modified().ok(), ino)
+    let (ino, ct, ctn) = (0, 0, 0);
+    (m.len(), m.modified().ok(), ino, ct, ctn)
 }
 
 impl io::Read for LocalFile {
@@ -526,6 +540,8 @@ struct Upload {
     unchanged: Option<Result<(), Fail>>,
     failed: Option<Fail>,
     asked: bool,
+    checking: bool,
+    throttled: bool,
     eof: bool,
     waiting: Option<ReqId>,
     throttle: Throttle,
@@ -597,6 +613,7 @@ impl Uploads for Upload {
         }
         if self.throttle.due().is_some() {
             self.waiting = Some(req);
+            self.throttled = true;
             return Poll::Pending;
         }
         let Some(front) = self.chunks.front() else {
@@ -623,13 +640,15 @@ impl Uploads for Upload {
 
     fn check_unchanged(&mut self, req: ReqId) -> Poll<Result<(), LocalFailure<'_>>> {
         if self.unchanged.is_none() {
-            if !self.chunks.is_empty() || !self.asked {
-                return self.wait(req);
+            // The reader answers in order: a Check sent after the stream
+            // (or with none, for an empty file) comes after its last chunk.
+            if !self.checking {
+                self.checking = true;
+                let _ = self.reader.cmds.send(ReadCmd::Check);
             }
-            let _ = self.reader.cmds.send(ReadCmd::Check);
-            self.asked = false;
             return self.wait(req);
         }
+        self.checking = false;
         match self.unchanged.take() {
             Some(Ok(())) => Poll::Ready(Ok(())),
             Some(Err(f)) => {
@@ -644,9 +663,13 @@ impl Uploads for Upload {
 }
 
 impl Local for Upload {
-    async fn ready(&mut self) -> Option<ReqId> {
-        if let (Some(at), Some(_)) = (self.throttle.due(), self.waiting) {
-            tokio::time::sleep_until(at.into()).await;
+    async fn ready(&mut self, _: bool) -> Option<ReqId> {
+        if self.throttled {
+            // Checked again: the pause may be over already.
+            self.throttled = false;
+            if let Some(at) = self.throttle.due() {
+                tokio::time::sleep_until(at.into()).await;
+            }
             return self.waiting.take();
         }
         match self.answers.recv().await {
@@ -766,6 +789,8 @@ fn open_upload(local: &Path, size: u64, opts: &TransferOpts) -> Upload {
         unchanged: None,
         failed: None,
         asked: false,
+        checking: false,
+        throttled: false,
         eof: false,
         waiting: None,
         throttle: Throttle::new(opts.limit_rate),
