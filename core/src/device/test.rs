@@ -15,7 +15,7 @@ use crate::handshake::{ClientHandshake, Opener, SessionKeys};
 use crate::message::{
     Argv, Caps, Command, ErrorCode, Exec, ExitStatus, Header, Hello, Message, Proof,
 };
-use crate::wire::{Flags, TAG_LEN};
+use crate::wire::{Flags, PREFIX_LEN, TAG_LEN};
 
 const NOW_UNIX: u64 = 1_795_355_107_000; // 2026-11-22T13:45:07Z
 
@@ -432,6 +432,17 @@ fn requests_before_hello_or_old_versions_are_refused_and_closed() {
     t.send(&hello_frame(0));
     let (id, code, _) = error_of(&t.recv()[0]);
     assert_eq!((id, code), (0, ErrorCode::UNSUPPORTED_VERSION));
+    assert!(t.s.poll_close());
+
+    // A Hello whose request id is not 0.
+    let mut t = T::new(1024);
+    let hello = hello_frame(1);
+    let mut h = Header::parse(&hello[PREFIX_LEN..]).unwrap();
+    h.request_id = 5;
+    t.send(&enc(h, &[]));
+    let (id, code, m) = error_of(&t.recv()[0]);
+    assert_eq!((id, code), (0, ErrorCode::UNEXPECTED));
+    assert!(m.contains("request id 0, not 5"), "{m}");
     assert!(t.s.poll_close());
 }
 
@@ -1704,6 +1715,13 @@ fn deadlines_close_silent_and_idle_connections() {
     t.s.handle_timeout(&mut t.dev, 10_000 + CLOSE_GRACE_MS);
     assert!(t.s.poll_close());
     assert_eq!(t.s.poll_timeout(), None);
+    // Bytes the peer keeps sending meanwhile do not hold the grace open.
+    let mut t = T::new(1024);
+    t.s.handle_timeout(&mut t.dev, 10_000);
+    assert_eq!(t.s.handle_bytes(&mut t.dev, &[0x55; 64], 11_500), 64);
+    assert_eq!(t.s.poll_timeout(), Some(10_000 + CLOSE_GRACE_MS));
+    t.s.handle_timeout(&mut t.dev, 10_000 + CLOSE_GRACE_MS);
+    assert!(t.s.poll_close());
     // A slow reader of a download is closed too once nothing moves.
     let mut t = T::open(64 * 1024);
     t.put(1, "big", &pattern(20_000), false);

@@ -2,7 +2,8 @@
 //! by every connection of a server.
 //!
 //! A peer whose Auth proofs fail [`BackoffPolicy::threshold`] times, each
-//! within [`BackoffPolicy::window_ms`] of the one before, is refused (Error
+//! within [`BackoffPolicy::window_ms`] of the one before (or of the end of
+//! the refusal the one before started), is refused (Error
 //! `BUSY` at accept, then close) for [`BackoffPolicy::base_ms`], doubling
 //! with every further failure up to [`BackoffPolicy::max_ms`]. A successful
 //! authentication forgets the peer. The table holds `N` peers: a new one
@@ -130,9 +131,13 @@ impl<const N: usize> Backoff<N> {
         self.policy
     }
 
+    /// Whether an entry's failures no longer count: the window runs from
+    /// the last failure or, after a refusal, from its end (a guesser who
+    /// waits out each refusal keeps climbing toward `max_ms`).
     fn expired(&self, e: &Entry, now_ms: u64) -> bool {
+        let since = e.last_ms.max(e.until_ms);
         e.fails == 0
-            || (now_ms.saturating_sub(e.last_ms) > self.policy.window_ms && e.until_ms <= now_ms)
+            || (now_ms.saturating_sub(since) > self.policy.window_ms && e.until_ms <= now_ms)
     }
 
     fn find(&self, peer: Peer) -> Option<usize> {
@@ -258,6 +263,24 @@ mod test {
                 "failures far apart never add up"
             );
         }
+    }
+
+    #[test]
+    fn a_guesser_who_waits_out_each_refusal_still_reaches_the_max() {
+        let mut b = Backoff::<4>::new(BackoffPolicy::HOST);
+        let p = Peer::ipv4([192, 0, 2, 7]);
+        let mut t = 0;
+        let mut period = None;
+        for _ in 0..10 {
+            // One try as soon as the last refusal ends.
+            t += period.unwrap_or(1_000);
+            assert_eq!(b.check(p, t), None);
+            period = b.record_failure(p, t).or(period);
+        }
+        assert_eq!(period, Some(BackoffPolicy::HOST.max_ms));
+        // A peer quiet for a window after its refusal ended starts over.
+        t += BackoffPolicy::HOST.max_ms + BackoffPolicy::HOST.window_ms + 1;
+        assert_eq!(b.record_failure(p, t), None);
     }
 
     #[test]

@@ -181,6 +181,15 @@ impl<const N: usize> State<N> {
             }
         };
         let sealed = f.prefix.flags.contains(Flags::SEALED);
+        if matches!(h.message, Message::Hello(_)) && h.request_id != 0 {
+            // The transcript hashes the Hello with id 0: a client that
+            // hashed the id it sent would fail its Auth for no clear reason.
+            let t = text(format_args!(
+                "Hello must carry request id 0, not {}",
+                h.request_id
+            ));
+            return self.fatal(tx, 0, ErrorCode::UNEXPECTED, t.as_str(), bk);
+        }
         let (Message::Hello(hello), false, false) = (&h.message, f.prefix.body_len > 0, sealed)
         else {
             let t = text(format_args!(

@@ -132,7 +132,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ServerConn<B, N> {
         }
         if used > 0 {
             bk.count(Count::BytesIn(used as u64));
-            self.st.active_ms = now;
+            // While closing, input is thrown away: it must not hold the
+            // close grace open (only bytes sent do, delivering the Error).
+            if self.st.phase != Phase::Closing {
+                self.st.active_ms = now;
+            }
         }
         used
     }

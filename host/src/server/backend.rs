@@ -446,18 +446,33 @@ fn serve_writes(
     cmds: &std_mpsc::Receiver<WriteCmd>,
     send: &dyn Fn(Completion) -> bool,
 ) {
-    let mut failed = false;
+    let mut failed: Option<Fail> = None;
     while let Ok(cmd) = cmds.recv() {
         match cmd {
             WriteCmd::Data(buf, n) => {
-                let r = if failed { Ok(()) } else { w.write(&buf[..n]) };
-                failed |= r.is_err();
+                let r = match &failed {
+                    Some(_) => Ok(()),
+                    None => w.write(&buf[..n]),
+                };
+                if let Err(f) = &r {
+                    failed = Some(f.clone());
+                }
                 if !send(Completion::Written(r.map(|()| buf))) {
                     break;
                 }
             }
             WriteCmd::Commit => {
-                send(Completion::Committed(w.commit()));
+                // After a failed write (its chunk may be the last, sent
+                // just before the Commit) the partial is short: it is kept,
+                // never renamed to the destination.
+                let r = match failed {
+                    Some(f) => {
+                        w.keep();
+                        Err(f)
+                    }
+                    None => w.commit(),
+                };
+                send(Completion::Committed(r));
                 return;
             }
             WriteCmd::Discard => {
@@ -954,6 +969,39 @@ mod tests {
         let (key, c) = rx.recv().await.unwrap();
         assert!(matches!(c, Completion::Created(Ok(_))));
         assert_eq!(bk.complete(key, c), Some(req));
+    }
+
+    #[test]
+    fn a_commit_after_a_failed_write_keeps_the_partial() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        let path = RULES.check("f.bin", true).unwrap();
+        let (w, _) = files::create(&root, &path, 8, false, false).unwrap();
+        // /dev/full: every write fails with ENOSPC, like a full disk.
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let w = w.into_file(full);
+        let (cmds, rx) = std_mpsc::channel();
+        cmds.send(WriteCmd::Data(vec![1; 8], 8)).unwrap();
+        cmds.send(WriteCmd::Commit).unwrap();
+        let done = Mutex::new(Vec::new());
+        serve_writes(w, &rx, &|c| {
+            done.lock().unwrap().push(c);
+            true
+        });
+        let done = done.into_inner().unwrap();
+        assert!(matches!(done[0], Completion::Written(Err(_))), "{done:?}");
+        assert!(
+            matches!(&done[1], Completion::Committed(Err(f)) if f.code == ErrorCode::NO_SPACE),
+            "{done:?}"
+        );
+        assert!(
+            !dir.path().join("f.bin").exists(),
+            "a short file was committed"
+        );
+        assert!(dir.path().join(files::part_name("f.bin")).exists());
     }
 
     #[tokio::test]

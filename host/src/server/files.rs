@@ -375,6 +375,16 @@ pub struct Writing {
     pub offset: u64,
 }
 
+impl Writing {
+    /// The same upload writing into `file` instead (tests give a file
+    /// whose writes fail).
+    #[cfg(test)]
+    pub(crate) fn into_file(mut self, file: std::fs::File) -> Self {
+        self.file = file;
+        self
+    }
+}
+
 /// Prepare an upload of `size` bytes to `path`: refuse an existing
 /// destination without `force`, create missing parents, and take up (with
 /// `resume`) or truncate the partial. Returns the writer and, when resuming,
