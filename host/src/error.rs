@@ -79,7 +79,7 @@ pub enum Error {
         message: String,
     },
     /// The server answered a request with an Error.
-    #[error("server: {message} [{}]{hint}", code_name(*code), hint = hint(*code))]
+    #[error("server: {message} [{}]{}", code_name(*code), unsaid_hint(*code, message))]
     Remote {
         /// The code.
         code: ErrorCode,
@@ -175,6 +175,16 @@ pub fn code_name(code: ErrorCode) -> String {
     match code.name() {
         Some(n) => n.to_string(),
         None => format!("error code {}", code.0),
+    }
+}
+
+/// [`hint`], unless the server's `message` says it already.
+fn unsaid_hint(code: ErrorCode, message: &str) -> &'static str {
+    let h = hint(code);
+    if message.contains(h.trim_start_matches("; ")) {
+        ""
+    } else {
+        h
     }
 }
 

@@ -403,11 +403,25 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             if quiet < 2 {
-                eprintln!("tether: error: {e:#}");
+                eprintln!("tether: error: {}", report(&e));
             }
             ExitCode::from(if is_exec { 255 } else { 1 })
         }
     }
+}
+
+/// The error and its causes, each cause once: our messages already name
+/// their source, so a cause whose text is there is not repeated.
+fn report(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
 }
 
 /// Why `--encrypt` (or TETHER_ENCRYPT) cannot apply to this command line.

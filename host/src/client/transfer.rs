@@ -298,7 +298,10 @@ pub async fn get(
             return Err(Error::local(
                 "cannot save into",
                 dir,
-                io::Error::new(io::ErrorKind::NotFound, "no such directory"),
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the directory does not exist: create it, or name another destination",
+                ),
             ));
         }
     }

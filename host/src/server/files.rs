@@ -66,6 +66,71 @@ pub fn rel(path: &RelPath<'_>) -> PathBuf {
     p
 }
 
+/// Relative paths at least this long are opened one directory at a time:
+/// the OS takes at most PATH_MAX (4096) bytes with the NUL in one call, and
+/// cap-std adds "./", so a 4095-byte path (the protocol's limit) would fail.
+const LONG_PATH: usize = 2048;
+
+/// The directory a path's last component is looked up in.
+#[derive(Debug)]
+pub enum Parent<'r> {
+    /// The root itself (short paths are looked up from it in one call).
+    Root(&'r Dir),
+    /// A directory opened component by component (long paths).
+    Sub(Dir),
+}
+
+impl std::ops::Deref for Parent<'_> {
+    type Target = Dir;
+    fn deref(&self) -> &Dir {
+        match self {
+            Parent::Root(d) => d,
+            Parent::Sub(d) => d,
+        }
+    }
+}
+
+/// Where relative path `p` is: the directory to look it up in, and what to
+/// look up there (`p` itself when short, else its last component).
+pub fn locate<'r>(root: &'r Root, p: &Path) -> io::Result<(Parent<'r>, PathBuf)> {
+    if p.as_os_str().len() < LONG_PATH {
+        return Ok((Parent::Root(&root.dir), p.to_path_buf()));
+    }
+    let mut names: Vec<&std::ffi::OsStr> = p
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let last = names
+        .pop()
+        .map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let mut dir = root.dir.try_clone()?;
+    for n in names {
+        dir = dir.open_dir(n)?;
+    }
+    Ok((Parent::Sub(dir), last))
+}
+
+/// `path` as messages show it: long paths keep their start and end.
+pub fn shown(path: &RelPath<'_>) -> String {
+    const MAX: usize = 120;
+    let s = path.to_string();
+    if s.len() <= MAX {
+        return s;
+    }
+    let mut head = MAX / 2;
+    while !s.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = s.len() - MAX / 2;
+    while !s.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…{} ({} bytes)", &s[..head], &s[tail..], s.len())
+}
+
 /// Turn an I/O error about `what` into the Error to answer with; the text
 /// states the cause once.
 pub fn io_fail(e: &io::Error, what: &str) -> Fail {
@@ -160,22 +225,18 @@ fn entry(name: String, m: &Metadata) -> OwnedEntry {
 /// Describe one path (a symlink itself, not followed); named by its last
 /// component (`.` for the root).
 pub fn stat(root: &Root, path: &RelPath<'_>) -> Result<OwnedEntry, Fail> {
-    let shown = path.to_string();
-    let m = root
-        .dir
-        .symlink_metadata(rel(path))
-        .map_err(|e| io_fail(&e, &shown))?;
+    let shown = shown(path);
+    let (dir, p) = locate(root, &rel(path)).map_err(|e| io_fail(&e, &shown))?;
+    let m = dir.symlink_metadata(p).map_err(|e| io_fail(&e, &shown))?;
     Ok(entry(path.name().to_string(), &m))
 }
 
 /// A directory's entries sorted by name in byte order, without partial
 /// uploads and without names that are not UTF-8.
 pub fn list(root: &Root, path: &RelPath<'_>) -> Result<Vec<OwnedEntry>, Fail> {
-    let shown = path.to_string();
-    let it = root
-        .dir
-        .read_dir(rel(path))
-        .map_err(|e| io_fail(&e, &shown))?;
+    let shown = shown(path);
+    let (dir, p) = locate(root, &rel(path)).map_err(|e| io_fail(&e, &shown))?;
+    let it = dir.read_dir(p).map_err(|e| io_fail(&e, &shown))?;
     let mut v = Vec::new();
     for e in it {
         let e = e.map_err(|e| io_fail(&e, &shown))?;
@@ -196,16 +257,13 @@ pub fn list(root: &Root, path: &RelPath<'_>) -> Result<Vec<OwnedEntry>, Fail> {
 
 /// Remove a file, a symlink or an empty directory.
 pub fn remove(root: &Root, path: &RelPath<'_>) -> Result<(), Fail> {
-    let shown = path.to_string();
-    let p = rel(path);
-    let m = root
-        .dir
-        .symlink_metadata(&p)
-        .map_err(|e| io_fail(&e, &shown))?;
+    let shown = shown(path);
+    let (dir, p) = locate(root, &rel(path)).map_err(|e| io_fail(&e, &shown))?;
+    let m = dir.symlink_metadata(&p).map_err(|e| io_fail(&e, &shown))?;
     let r = if m.is_dir() {
-        root.dir.remove_dir(&p)
+        dir.remove_dir(&p)
     } else {
-        root.dir.remove_file(&p)
+        dir.remove_file(&p)
     };
     r.map_err(|e| io_fail(&e, &shown))
 }
@@ -254,9 +312,10 @@ pub struct Reading {
 
 /// Open a regular file for reading.
 pub fn open(root: &Root, path: &RelPath<'_>) -> Result<Reading, Fail> {
-    let shown = path.to_string();
+    let shown = shown(path);
     let p = rel(path);
-    let f = root.dir.open(&p).map_err(|e| io_fail(&e, &shown))?;
+    let (dir, at) = locate(root, &p).map_err(|e| io_fail(&e, &shown))?;
+    let f = dir.open(at).map_err(|e| io_fail(&e, &shown))?;
     let m = f.metadata().map_err(|e| io_fail(&e, &shown))?;
     if m.is_dir() {
         return Err(Fail::new(
@@ -324,8 +383,8 @@ impl Reading {
         #[cfg(unix)]
         let same_path = {
             use cap_std::fs::MetadataExt as _;
-            root.dir
-                .metadata(&self.path)
+            locate(root, &self.path)
+                .and_then(|(dir, p)| dir.metadata(p))
                 .map_or(true, |m| (m.dev(), m.ino()) == self.identity.ino)
         };
         #[cfg(not(unix))]
@@ -396,7 +455,7 @@ pub fn create(
     force: bool,
     resume: bool,
 ) -> Result<(Writing, Option<Sha256>), Fail> {
-    let shown = path.to_string();
+    let shown = shown(path);
     let p = rel(path);
     let (parent, name) = match (p.parent(), path.components().last()) {
         (Some(d), Some(n)) => (d.to_path_buf(), n.to_string()),
@@ -410,7 +469,7 @@ pub fn create(
     let part = part_name(&name);
     // What is there now decides before the space does, and before any
     // parent is created (checked again once the parent is open).
-    if let Ok(m) = root.dir.symlink_metadata(&p) {
+    if let Ok(m) = locate(root, &p).and_then(|(dir, at)| dir.symlink_metadata(at)) {
         refuse_existing(&m, force, &shown)?;
     }
     check_space(root, &parent.join(&part), size, resume)?;
@@ -496,7 +555,7 @@ fn check_space(root: &Root, part: &Path, size: u64, resume: bool) -> Result<(), 
         return Ok(());
     };
     let free = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
-    let kept = match root.dir.symlink_metadata(part) {
+    let kept = match locate(root, part).and_then(|(dir, p)| dir.symlink_metadata(p)) {
         Ok(m) if resume && m.is_file() && m.len() <= size => m.len(),
         _ => 0,
     };
@@ -517,16 +576,35 @@ fn check_space(_: &Root, _: &Path, _: u64, _: bool) -> Result<(), Fail> {
 
 /// The upload's directory, created (with its parents) when missing.
 fn open_parent(root: &Root, parent: &Path, shown: &str) -> Result<Dir, Fail> {
-    match root.dir.open_dir(parent) {
+    let open = || locate(root, parent).and_then(|(dir, p)| dir.open_dir(p));
+    match open() {
         Ok(d) => Ok(d),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            root.dir
-                .create_dir_all(parent)
-                .map_err(|e| io_fail(&e, shown))?;
-            root.dir.open_dir(parent).map_err(|e| io_fail(&e, shown))
+            create_dirs(root, parent).map_err(|e| io_fail(&e, shown))?;
+            open().map_err(|e| io_fail(&e, shown))
         }
         Err(e) => Err(io_fail(&e, shown)),
     }
+}
+
+/// `create_dir_all` one component at a time (any length).
+fn create_dirs(root: &Root, parent: &Path) -> io::Result<()> {
+    if parent.as_os_str().len() < LONG_PATH {
+        return root.dir.create_dir_all(parent);
+    }
+    let mut dir = root.dir.try_clone()?;
+    for c in parent.components() {
+        let std::path::Component::Normal(n) = c else {
+            continue;
+        };
+        match dir.create_dir(n) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        dir = dir.open_dir(n)?;
+    }
+    Ok(())
 }
 
 impl Writing {
@@ -587,6 +665,38 @@ mod tests {
             assert!(p.ends_with(PART_SUFFIX));
             assert_eq!(p, part_name(&name), "stable, so a resume finds it");
         }
+    }
+
+    #[test]
+    fn paths_of_the_protocols_full_length_work() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let rules = tether_proto::server::PathRules {
+            max_name: 255,
+            max_path: 4095,
+            dirs: true,
+        };
+        let text = ["d"; 2047].join("/") + "/f";
+        assert_eq!(text.len(), 4095);
+        let path = rules.check(&text, true).unwrap();
+        let (mut w, _) = create(&root, &path, 3, false, false).unwrap();
+        w.write(b"abc").unwrap();
+        w.commit().unwrap();
+        assert_eq!(stat(&root, &path).unwrap().size, 3);
+        let mut r = open(&root, &path).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(r.read_full(&mut buf).unwrap(), 3);
+        r.check_unchanged(&root).unwrap();
+        let parent = rules.check(&text[..text.len() - 2], true).unwrap();
+        assert_eq!(list(&root, &parent).unwrap().len(), 1);
+        remove(&root, &path).unwrap();
+        let f = stat(&root, &path).unwrap_err();
+        assert_eq!(f.code, ErrorCode::NOT_FOUND);
+        assert!(
+            f.message.len() < 200 && f.message.contains("(4095 bytes)"),
+            "{}",
+            f.message
+        );
     }
 
     #[cfg(unix)]
