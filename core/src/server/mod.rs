@@ -52,6 +52,8 @@ pub mod path;
 mod rx;
 mod slot;
 mod step;
+#[cfg(test)]
+mod test;
 mod tx;
 
 use crate::codec::{Decoder, Limits};
@@ -432,6 +434,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ServerConn<B, N> {
     pub fn wants_transmit(&self) -> bool {
         self.staging.queued() > 0
             || self.st.fatal.is_some()
+            || self.st.rx.held != rx::Held::None
             || (self.st.phase == Phase::Open && self.st.has_work())
     }
 
@@ -439,7 +442,12 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ServerConn<B, N> {
     /// connection can take more, after [`handle_bytes`](Self::handle_bytes)
     /// and after [`handle_ready`](Self::handle_ready).
     pub fn poll_transmit<K: Backend>(&mut self, now: u64, out: &mut [u8], bk: &mut K) -> usize {
-        let n = self.st.transmit(&mut self.staging, out, bk);
+        let mut n = self.st.transmit(&mut self.staging, out, bk);
+        // A frame that waited for room and ended its input (handle_bytes
+        // took every byte) is acted on here: no more input may come.
+        if self.st.rx.held != rx::Held::None && self.dispatch_held(now, bk) {
+            n += self.st.transmit(&mut self.staging, &mut out[n..], bk);
+        }
         if n > 0 {
             bk.count(Count::BytesOut(n as u64));
             self.st.active_ms = now;

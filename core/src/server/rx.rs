@@ -130,7 +130,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ServerConn<B, N> {
     }
 
     /// Dispatch the held frame if there is room; returns whether it did.
-    fn dispatch_held<K: Backend>(&mut self, now: u64, bk: &mut K) -> bool {
+    pub(super) fn dispatch_held<K: Backend>(&mut self, now: u64, bk: &mut K) -> bool {
         let st = &mut self.st;
         let raw = match st.rx.held {
             Held::None => return true,
