@@ -192,6 +192,19 @@ impl Fake {
         !self.pending.is_empty() || !self.woken.is_empty()
     }
 
+    /// The bytes an upload in flight was given so far (its resumed prefix
+    /// and what `write` received).
+    pub fn upload_bytes(&self, id: u32) -> Option<&[u8]> {
+        self.ops.values().find_map(|(r, w)| match w {
+            Work::Put {
+                data,
+                created: true,
+                ..
+            } if r.id == id => Some(&data[..]),
+            _ => None,
+        })
+    }
+
     /// Requests started and not ended.
     pub fn live(&self) -> Vec<Req> {
         self.ops.values().map(|(r, _)| *r).collect()
