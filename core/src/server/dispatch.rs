@@ -18,7 +18,7 @@ use super::{Fatal, Phase, State, MAX_ERROR_TEXT};
 const REPLY_ROOM: usize = PREFIX_LEN + TAG_LEN + 16 + MAX_ERROR_TEXT;
 
 /// A reply made from a request's header is at most this much longer.
-const REPLY_SLACK: usize = PREFIX_LEN + TAG_LEN + 16;
+pub(super) const REPLY_SLACK: usize = PREFIX_LEN + TAG_LEN + 16;
 
 /// What a client without the key is told.
 pub(super) const AUTH_REQUIRED_TEXT: &str =

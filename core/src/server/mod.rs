@@ -296,7 +296,14 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ServerConn<B, N> {
     pub fn handle_accept<K: Backend>(&mut self, now: u64, peer: Peer, nonce: [u8; 16], bk: &mut K) {
         self.handle_close(bk);
         self.dec.reset();
-        self.dec.set_limits(Limits::HANDSHAKE);
+        // A handshake frame whose reply could never fit the staging queue
+        // is refused (HEADER_TOO_LARGE) rather than held until the deadline.
+        let room = self.st.staging_cap.saturating_sub(dispatch::REPLY_SLACK);
+        let room = room.min(usize::from(u16::MAX)) as u16;
+        self.dec.set_limits(Limits {
+            max_header: Limits::HANDSHAKE.max_header.min(room),
+            ..Limits::HANDSHAKE
+        });
         self.dec.set_encryption(false);
         self.staging.clear();
         let st = &mut self.st;

@@ -1400,3 +1400,42 @@ fn a_frame_waiting_for_room_at_the_end_of_the_input_is_answered() {
         t.close();
     }
 }
+
+/// Bug: with a staging queue smaller than the handshake's 512-byte header
+/// limit allows for (the documented minimum is `max_header + 64`, and a
+/// server may announce less than 512), a long Hello was taken and held
+/// waiting for room that never comes, until the handshake deadline (or
+/// forever without one). It is refused at once, like a header over the
+/// header buffer.
+#[test]
+fn a_handshake_frame_too_long_for_the_staging_queue_is_refused_at_once() {
+    let cfg = ServerConfig {
+        max_name: 64,
+        max_header: 200,
+        handshake_timeout_ms: 0,
+        ..config()
+    };
+    let mut t = T::<2>::with(cfg, 512, 266, 0);
+    let agent = "a".repeat(300);
+    let hello = crate::message::Hello {
+        version: 1,
+        max_header: 4096,
+        max_chunk: 4096,
+        caps: Caps::empty(),
+        nonce: [1; 16],
+        agent: &agent,
+    };
+    t.send(&plain(&Header::new(0, Message::Hello(hello)), &[]));
+    let f = t.recv();
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(
+        (f[0].id(), f[0].error()),
+        (0, Some(ErrorCode::HEADER_TOO_LARGE))
+    );
+    assert!(t.conn.poll_close());
+    // A Hello that fits is served.
+    let mut t = T::<2>::with(cfg, 512, 266, 0);
+    t.handshake();
+    assert_eq!(t.conn.limits().0, 200);
+    t.close();
+}
