@@ -722,7 +722,9 @@ fn exec_timeout_kills_and_exits_timed_out() {
 #[test]
 fn put_length_and_digest_mismatches_commit_nothing() {
     let data = pattern(1500);
-    let cases: [(&str, u64, usize, Option<[u8; 32]>, ErrorCode); 5] = [
+    /// What is wrong, Done's bytes, bytes sent, Done's digest, the error.
+    type Case = (&'static str, u64, usize, Option<[u8; 32]>, ErrorCode);
+    let cases: [Case; 5] = [
         (
             "wrong digest",
             1500,

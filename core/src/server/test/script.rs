@@ -254,7 +254,8 @@ impl Fake {
                     }
                 }
                 Rec::End(q, _) => {
-                    if open.remove(&q.slot) != Some(q.id) {
+                    let was = open.remove(&q.slot);
+                    if was != Some(q.id) {
                         return Err(format!("{q:?} ended without being in flight"));
                     }
                 }
@@ -884,8 +885,7 @@ impl Backend for Fake {
                         }
                         End::Failed(_) => {}
                         End::Interrupted(_) => {
-                            if commit.is_none()
-                                || !self.files.get(&path).is_some_and(|f| *f == data)
+                            if commit.is_none() || self.files.get(&path).is_none_or(|f| *f != data)
                             {
                                 self.partials.insert(path, data);
                             }
