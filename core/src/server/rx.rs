@@ -273,7 +273,9 @@ impl<const N: usize> State<N> {
         let Op::Put(put) = &mut self.table.slots[i].op else {
             return;
         };
-        if put.phase != PutPhase::Receiving {
+        // An empty Data frame (whole, as an opened encrypted frame is) has
+        // nothing to write.
+        if put.phase != PutPhase::Receiving || b.is_empty() {
             return;
         }
         if put.got + b.len() as u64 > put.size {

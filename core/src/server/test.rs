@@ -1441,3 +1441,39 @@ fn a_handshake_frame_too_long_for_the_staging_queue_is_refused_at_once() {
     assert_eq!(t.conn.limits().0, 200);
     t.close();
 }
+
+/// Found by the server fuzz target: an empty Data frame on an encrypted
+/// session (opened whole, its empty body handed on) made the engine call
+/// `Backend::write` with no bytes. It writes nothing now.
+#[test]
+fn an_empty_data_frame_writes_nothing() {
+    for (key, encrypt) in [(None, false), (Some(KEY), false), (Some(KEY), true)] {
+        let cfg = ServerConfig {
+            key,
+            caps: config().caps.union(Caps::ENCRYPT),
+            ..config()
+        };
+        let mut t = T::<2>::with(cfg, 1024, 2048, 1024 + 512);
+        t.cl = Client::new(key, encrypt, 4096, 64 * 1024);
+        t.handshake();
+        assert_eq!(t.conn.is_encrypted(), encrypt);
+        let data = pattern(300);
+        t.put(1, "up", 300, false);
+        t.recv();
+        t.data(1, &[]);
+        t.data(1, &data);
+        t.data(1, &[]);
+        t.done(1, 300, Some(sha(&data)));
+        let f = t.recv();
+        assert_eq!(
+            f[0].head().message,
+            Message::Done {
+                bytes: 300,
+                sha256: Some(sha(&data))
+            },
+            "encrypt {encrypt}"
+        );
+        assert_eq!(t.bk.files.get("up"), Some(&data));
+        t.close();
+    }
+}
