@@ -6,13 +6,22 @@
 //! built from the input and sealed (some tampered: tag or body bit flipped,
 //! a sequence number skipped, unsealed). Bytes go in arbitrary splits,
 //! interleaved with `poll_transmit` of arbitrary sizes, deadlines and
-//! well-formed uploads.
+//! well-formed uploads as a client makes them (Put, wait for PutReady,
+//! Data from its offset, Done), resuming kept partials or not. Requests
+//! are pipelined (the device serves two at once) and connections are cut
+//! in the middle of uploads.
 //!
 //! Checked: no panic; the session never stalls (it either takes input or
 //! has output); everything it sends decodes, with headers that parse and
 //! bodies within the negotiated limits; after AuthOk every frame it sends
-//! is sealed and its tag verifies; without the key it never authenticates,
-//! runs a command or stores a file; no upload slot outlives its connection.
+//! is sealed and its tag verifies; a tampered sealed frame ends the session
+//! with INTEGRITY and nothing after it; without the key it never
+//! authenticates, runs a command or stores a file; PutReady's offset is at
+//! most the size and carries a prefix digest exactly when it is not 0; a
+//! resumed upload whose prefix digest matched, completed by a client that
+//! sent the right bytes, is never refused for its length or digest; no
+//! upload stays claimed after its connection (interrupted ones are kept as
+//! partials for resuming, within the store's upload slots).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -79,6 +88,8 @@ struct Harness {
     /// Only whole frames were sent on this connection (no raw bytes that
     /// may have left a partial frame).
     clean: bool,
+    /// Headers of the frames received since the harness last looked.
+    replies: Vec<Vec<u8>>,
 }
 
 impl Harness {
@@ -122,6 +133,7 @@ impl Harness {
             last: None,
             current: None,
             clean: true,
+            replies: Vec::new(),
         }
     }
 
@@ -206,6 +218,11 @@ impl Harness {
                 }
                 Some(Event::End { tag }) => {
                     self.last = self.current.take();
+                    if let Some(h) = &self.last {
+                        if self.replies.len() < 64 {
+                            self.replies.push(h.clone());
+                        }
+                    }
                     if let Some(t) = self.rx_tag.take() {
                         let tag = tag.expect("sealed frame without a tag");
                         assert!(Opener::verify(t, &tag), "the device's tag does not verify");
@@ -218,11 +235,7 @@ impl Harness {
     /// A new connection, with the client's handshake where the mode has one.
     fn connect(&mut self) {
         self.s.handle_close(&mut self.dev);
-        assert_eq!(
-            self.dev.store.usage().pending,
-            0,
-            "an upload outlived its connection"
-        );
+        self.check_closed();
         let nonce = [self.reconnects as u8 + 4; 16];
         self.s
             .handle_accept(&mut self.dev, Peer::ipv4([10, 0, 0, 1]), nonce, self.now);
@@ -256,6 +269,18 @@ impl Harness {
         if key.is_some() && self.keys.is_none() && !self.s.poll_close() {
             panic!("the right key did not authenticate");
         }
+    }
+
+    /// The connection is closed: no upload stays claimed; what was cut is
+    /// kept as a partial (the device resumes), within its upload slots.
+    fn check_closed(&self) {
+        assert_eq!(
+            self.dev.uploads_in_progress(),
+            0,
+            "an upload stayed claimed after its connection"
+        );
+        let u = self.dev.store.usage();
+        assert!(u.files + u.pending <= u.max_files);
     }
 
     /// A frame around raw `header` bytes (checksum valid), sealed with the
@@ -304,23 +329,80 @@ impl Harness {
         f
     }
 
-    /// A well-formed upload (Put, Data…, Done with the right digest).
-    fn upload(&mut self, id: u32, name: &str, size: usize) {
+    /// A well-formed upload as a client makes it: Put, PutReady, Data from
+    /// its offset, Done with the digest of the whole file (or, when `cut`,
+    /// the connection ends in the middle). The content depends only on the
+    /// offset, so a partial kept from an earlier upload of the harness has
+    /// the right prefix.
+    fn upload(&mut self, id: u32, name: &str, size: usize, resume: bool, cut: bool) {
         let data: Vec<u8> = (0..size).map(|i| (i * 31 + 7) as u8).collect();
-        let mut wire = self.message(
+        // Start from a quiet session, so that the replies below are this upload's.
+        self.drain();
+        let checked = self.clean && !self.s.poll_close() && self.s.is_open();
+        self.replies.clear();
+        let put = self.message(
             Header::new(
                 id,
                 Message::Put {
                     path: name,
                     size: size as u64,
                     force: true,
-                    resume: false,
+                    resume,
                 },
             ),
             &[],
         );
-        for c in data.chunks(1000) {
+        self.feed(&put);
+        self.drain();
+        let ready = self.replies.iter().find_map(|h| match Header::parse(h) {
+            Ok(Header {
+                request_id,
+                message:
+                    Message::PutReady {
+                        offset,
+                        prefix_sha256,
+                    },
+            }) if request_id == id => Some((offset, prefix_sha256)),
+            _ => None,
+        });
+        let Some((offset, prefix)) = ready else {
+            // Refused (busy, exists, no space, a bad name, no session):
+            // a client sends nothing more for it.
+            return;
+        };
+        assert!(
+            offset <= size as u64,
+            "PutReady offset {offset} past the size {size}"
+        );
+        assert_eq!(
+            prefix.is_some(),
+            offset > 0,
+            "PutReady prefix digest iff offset > 0"
+        );
+        assert!(resume || offset == 0, "resumed without being asked");
+        let offset = offset as usize;
+        let matches = prefix.is_none_or(|p| p == <[u8; 32]>::from(Sha256::digest(&data[..offset])));
+        if !matches {
+            // Another client's partial: cancel, as a client does.
+            let c = self.message(Header::new(0, Message::Cancel { target: id }), &[]);
+            self.feed(&c);
+            return;
+        }
+        let end = if cut {
+            offset + (size - offset) / 2
+        } else {
+            size
+        };
+        let mut wire = Vec::new();
+        for c in data[offset..end].chunks(1000) {
             wire.extend(self.message(Header::new(id, Message::Data), c));
+        }
+        if cut {
+            self.feed(&wire);
+            self.drain();
+            self.reconnects += 1;
+            self.connect();
+            return;
         }
         let digest: [u8; 32] = Sha256::digest(&data).into();
         wire.extend(self.message(
@@ -333,7 +415,29 @@ impl Harness {
             ),
             &[],
         ));
+        self.replies.clear();
         self.feed(&wire);
+        self.drain();
+        if !checked || self.s.poll_close() {
+            return;
+        }
+        for h in &self.replies {
+            if let Ok(Header {
+                request_id,
+                message: Message::Error { code, message },
+            }) = Header::parse(h)
+            {
+                assert!(
+                    request_id != id
+                        || !matches!(
+                            code,
+                            tether_proto::ErrorCode::DIGEST_MISMATCH
+                                | tether_proto::ErrorCode::BAD_LENGTH
+                        ),
+                    "a correct upload (offset {offset} of {size}) was refused: {code:?} {message}"
+                );
+            }
+        }
     }
 
     fn message(&mut self, h: Header<'_>, body: &[u8]) -> Vec<u8> {
@@ -399,7 +503,8 @@ impl Harness {
                     let nlen = usize::from(inp.u8().unwrap_or(0) % 12);
                     let name = String::from_utf8_lossy(inp.take(nlen)).into_owned();
                     let size = usize::from(inp.u16()) % 3000;
-                    self.upload(id, &name, size);
+                    let cut = op & 0x40 != 0 && self.reconnects < MAX_RECONNECTS;
+                    self.upload(id, &name, size, op & 0x20 != 0, cut);
                 }
                 6 => {
                     self.now += u64::from(inp.u16()) * 10;
@@ -425,11 +530,7 @@ impl Harness {
         }
         self.drain();
         self.s.handle_close(&mut self.dev);
-        assert_eq!(
-            self.dev.store.usage().pending,
-            0,
-            "an upload outlived its connection"
-        );
+        self.check_closed();
     }
 }
 

@@ -10,7 +10,8 @@
 //! flight makes the honest proof fail; an honest run with equal keys
 //! succeeds and both sides' session keys interoperate (and refuse replays
 //! and altered frames); negotiated limits are the smaller of both and at
-//! least 64; a repeated or early message is refused.
+//! least 64, and max_requests, max_name and max_path are announced as the
+//! server set them; a repeated or early message is refused.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -120,6 +121,9 @@ fuzz_target!(|data: &[u8]| {
         max_header: inp.u16(),
         max_chunk: inp.u32(),
         caps: Caps(inp.u32()),
+        max_requests: inp.u16(),
+        max_name: inp.u16(),
+        max_path: inp.u16(),
     };
     let (s_nonce, s_agent) = (inp.bytes(), inp.str());
     let mut s = ServerHandshake::new(server_key);
@@ -151,6 +155,11 @@ fuzz_target!(|data: &[u8]| {
     assert!(ack.max_header <= sent.max_header && ack.max_header <= policy.max_header);
     assert!(ack.max_chunk <= sent.max_chunk && ack.max_chunk <= policy.max_chunk);
     assert!(u32::from(ack.max_header) >= MIN_LIMIT && ack.max_chunk >= MIN_LIMIT);
+    // The server's own limits are announced as they are.
+    assert_eq!(
+        (ack.max_requests, ack.max_name, ack.max_path),
+        (policy.max_requests, policy.max_name, policy.max_path)
+    );
     assert_eq!(s.needs_auth(), server_key.is_some());
     if server_key.is_some() {
         assert!(ack.caps.contains(Caps::AUTH_PSK) && sent.caps.contains(Caps::AUTH_PSK));

@@ -296,6 +296,12 @@ impl<S: Store, C: Clock, K: Commands> Device<S, C, K> {
         self.stats
     }
 
+    /// Uploads in progress, claimed by a connection (the store's other
+    /// temporary slots are interrupted uploads kept for resuming).
+    pub fn uploads_in_progress(&self) -> usize {
+        self.uploads.iter().filter(|u| u.is_some()).count()
+    }
+
     /// The back-off table (peers whose authentication failed).
     pub fn backoff(&self) -> &Backoff<BACKOFF_PEERS> {
         &self.backoff

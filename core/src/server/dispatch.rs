@@ -19,7 +19,7 @@ use crate::outgoing as tx;
 const REPLY_ROOM: usize = PREFIX_LEN + TAG_LEN + 16 + MAX_ERROR_TEXT;
 
 /// A reply made from a request's header is at most this much longer.
-const REPLY_SLACK: usize = PREFIX_LEN + TAG_LEN + 16;
+pub(super) const REPLY_SLACK: usize = PREFIX_LEN + TAG_LEN + 16;
 
 /// What a client without the key is told.
 pub(super) const AUTH_REQUIRED_TEXT: &str =
@@ -57,6 +57,13 @@ impl<const N: usize> State<N> {
         let need = REPLY_ROOM.max(f.header.len() + REPLY_SLACK);
         if !tx.has_room(need) {
             return false;
+        }
+        if self.phase == Phase::Open {
+            if let Some(i) = self.upload_target(f.header) {
+                if !self.created(i, tx, bk) {
+                    return false;
+                }
+            }
         }
         match self.phase {
             Phase::Hello => self.on_hello(f, tx, now, bk),

@@ -296,7 +296,14 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ServerConn<B, N> {
     pub fn handle_accept<K: Backend>(&mut self, now: u64, peer: Peer, nonce: [u8; 16], bk: &mut K) {
         self.handle_close(bk);
         self.dec.reset();
-        self.dec.set_limits(Limits::HANDSHAKE);
+        // A handshake frame whose reply could never fit the staging queue
+        // is refused (HEADER_TOO_LARGE) rather than held until the deadline.
+        let room = self.st.staging_cap.saturating_sub(dispatch::REPLY_SLACK);
+        let room = room.min(usize::from(u16::MAX)) as u16;
+        self.dec.set_limits(Limits {
+            max_header: Limits::HANDSHAKE.max_header.min(room),
+            ..Limits::HANDSHAKE
+        });
         self.dec.set_encryption(false);
         self.staging.clear();
         let st = &mut self.st;
@@ -434,6 +441,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ServerConn<B, N> {
     pub fn wants_transmit(&self) -> bool {
         self.staging.queued() > 0
             || self.st.fatal.is_some()
+            || self.st.rx.held != rx::Held::None
             || (self.st.phase == Phase::Open && self.st.has_work())
     }
 
@@ -441,7 +449,12 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ServerConn<B, N> {
     /// connection can take more, after [`handle_bytes`](Self::handle_bytes)
     /// and after [`handle_ready`](Self::handle_ready).
     pub fn poll_transmit<K: Backend>(&mut self, now: u64, out: &mut [u8], bk: &mut K) -> usize {
-        let n = self.st.transmit(&mut self.staging, out, bk);
+        let mut n = self.st.transmit(&mut self.staging, out, bk);
+        // A frame that waited for room and ended its input (handle_bytes
+        // took every byte) is acted on here: no more input may come.
+        if self.st.rx.held != rx::Held::None && self.dispatch_held(now, bk) {
+            n += self.st.transmit(&mut self.staging, &mut out[n..], bk);
+        }
         if n > 0 {
             bk.count(Count::BytesOut(n as u64));
             self.st.active_ms = now;

@@ -10,10 +10,11 @@
 //!   then dispatched.
 //!
 //! A frame whose reply does not fit the staging queue is held: no more
-//! input is taken until it could be dispatched. Nor is any while a Put
-//! waits for the backend to create its upload: the Put is answered
-//! (PutReady or Error) before the frames after it are read, so a client
-//! may send its Data without waiting, on a slow backend as on a quick one.
+//! input is taken until it could be dispatched. So is a Data or Done
+//! frame (before its body) for a Put that waits for the backend to create
+//! its upload: the Put is answered (PutReady or Error) before its data is
+//! read, so a client may send its Data without waiting, on a slow backend
+//! as on a quick one, while other requests' frames before it go on.
 
 use crate::codec::{DecodeError, Event, Frame, Limits};
 use crate::handshake::{Opener, TagBuilder};
@@ -105,10 +106,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ServerConn<B, N> {
                 }
                 continue;
             }
-            // A Put is answered before anything after it is read: its Data
-            // may follow at once, whatever the backend's pace.
-            if !self.st.puts_answered(&mut self.staging, bk) {
-                break;
+            // A sealed Data frame's body waits until its Put is answered.
+            if let Route::Put(i) = self.st.rx.route {
+                if !self.st.created(i, &mut self.staging, bk) {
+                    break;
+                }
             }
             if !self.start_collect() {
                 break;
@@ -142,7 +144,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ServerConn<B, N> {
     }
 
     /// Dispatch the held frame if there is room; returns whether it did.
-    fn dispatch_held<K: Backend>(&mut self, now: u64, bk: &mut K) -> bool {
+    pub(super) fn dispatch_held<K: Backend>(&mut self, now: u64, bk: &mut K) -> bool {
         let st = &mut self.st;
         let raw = match st.rx.held {
             Held::None => return true,
@@ -226,10 +228,11 @@ impl<const N: usize> State<N> {
         }
     }
 
-    /// Whether no Put waits for its PutReady (or Error): a pending create
-    /// is polled once more first.
-    pub(super) fn puts_answered<B: AsRef<[u8]> + AsMut<[u8]>, K: Backend>(
+    /// Whether upload `i` is past its create (answered PutReady or Error);
+    /// a pending create is polled once more first.
+    pub(super) fn created<B: AsRef<[u8]> + AsMut<[u8]>, K: Backend>(
         &mut self,
+        i: usize,
         tx: &mut Staging<B>,
         bk: &mut K,
     ) -> bool {
@@ -242,15 +245,21 @@ impl<const N: usize> State<N> {
                 })
             )
         };
-        for i in 0..N {
-            if creating(&self.table.slots[i]) {
-                self.kick(i, tx, bk);
-                if creating(&self.table.slots[i]) {
-                    return false;
-                }
-            }
+        if creating(&self.table.slots[i]) {
+            self.kick(i, tx, bk);
         }
-        true
+        !creating(&self.table.slots[i])
+    }
+
+    /// The slot of the Put a Data or Done header is for, if that is a Put
+    /// in progress.
+    pub(super) fn upload_target(&self, header: &[u8]) -> Option<usize> {
+        let h = Header::parse(header).ok()?;
+        if !matches!(h.message, Message::Data | Message::Done { .. }) {
+            return None;
+        }
+        let i = self.table.find(h.request_id)?;
+        matches!(self.table.slots[i].op, Op::Put(_)).then_some(i)
     }
 
     /// The slot of the upload whose data this header announces, if it is
@@ -264,7 +273,7 @@ impl<const N: usize> State<N> {
         matches!(
             self.table.slots[i].op,
             Op::Put(Put {
-                phase: PutPhase::Receiving,
+                phase: PutPhase::Receiving | PutPhase::Create,
                 ..
             })
         )
@@ -300,7 +309,9 @@ impl<const N: usize> State<N> {
         let Op::Put(put) = &mut self.table.slots[i].op else {
             return;
         };
-        if put.phase != PutPhase::Receiving {
+        // An empty Data frame (whole, as an opened encrypted frame is) has
+        // nothing to write.
+        if put.phase != PutPhase::Receiving || b.is_empty() {
             return;
         }
         if put.got + b.len() as u64 > put.size {

@@ -496,7 +496,12 @@ fn put<K: Backend>(req: Req, p: &mut Put, out: &mut Out<'_>, bk: &mut K) -> Turn
         },
         PutPhase::Commit => match bk.poll_commit(req) {
             Poll::Pending => Turn::Idle,
-            Poll::Ready(Err(f)) => out.failed(req.id, f),
+            // Verified bytes that could not be committed (a destination
+            // that appeared meanwhile: EXISTS) stay as the partial.
+            Poll::Ready(Err(f)) => {
+                let n = out.error(req.id, f.code, f.message);
+                Turn::Last(n, End::Interrupted(f.code))
+            }
             Poll::Ready(Ok(())) => {
                 bk.count(Count::FileStored);
                 let digest: Digest = p.hasher.clone().finalize().into();
