@@ -60,6 +60,14 @@ pub enum Error {
         /// What was seen.
         detail: String,
     },
+    /// The connection was reset before the handshake completed.
+    #[error("{host} reset the connection during the handshake ({detail}): the server may be refusing a flood of connections, or it is not a tether server; retry with --retries N, or check the port")]
+    HandshakeReset {
+        /// The host.
+        host: String,
+        /// The transport's error.
+        detail: String,
+    },
     /// The peer did not complete the handshake in time.
     #[error("{host} accepted the connection but did not answer the tether handshake within {after:?}: it may not be a tether server (check the port) or it may be overloaded; raise --connect-timeout to wait longer")]
     HandshakeTimeout {

@@ -751,7 +751,7 @@ impl<'b, C: Clock> Core<'b, C> {
                         ConnError::NotTether(_) => Failure::NotTether,
                         ConnError::Integrity(_) => Failure::Integrity,
                         ConnError::Protocol(_) => Failure::Protocol,
-                        ConnError::Timeout => Failure::Timeout,
+                        ConnError::Timeout | ConnError::Stalled(_) => Failure::Timeout,
                     };
                     match e {
                         ConnError::Server { message, .. }

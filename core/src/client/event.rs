@@ -140,6 +140,9 @@ pub enum ConnError<'a> {
     Protocol(&'a str),
     /// The handshake took longer than the deadline.
     Timeout,
+    /// With requests in flight, nothing arrived for this many milliseconds
+    /// after a keepalive Ping: the server or the path to it is gone.
+    Stalled(u32),
 }
 
 impl fmt::Display for ConnError<'_> {
@@ -156,6 +159,11 @@ impl fmt::Display for ConnError<'_> {
             ),
             ConnError::Protocol(d) => write!(f, "protocol error: {d}"),
             ConnError::Timeout => write!(f, "the handshake did not complete in time"),
+            ConnError::Stalled(ms) => write!(
+                f,
+                "the server stopped answering (nothing for {} s after a keepalive Ping)",
+                ms / 1000
+            ),
         }
     }
 }

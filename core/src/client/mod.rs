@@ -38,6 +38,7 @@ pub mod asynch;
 pub mod blocking;
 mod driver;
 mod event;
+mod liveness;
 mod rx;
 mod slot;
 mod tx;
@@ -80,6 +81,13 @@ pub struct ClientConfig {
     pub accept_unauthenticated: bool,
     /// The handshake must complete within this many milliseconds (0: no deadline).
     pub handshake_timeout_ms: u32,
+    /// With requests in flight and no byte moving either way for this many
+    /// milliseconds, send a Ping so that a server that is gone is noticed
+    /// (0: never).
+    pub keepalive_ms: u32,
+    /// Close with [`ConnError::Stalled`] when nothing arrives this many
+    /// milliseconds after that Ping (0: wait for ever).
+    pub stall_timeout_ms: u32,
 }
 
 impl ClientConfig {
@@ -94,6 +102,8 @@ impl ClientConfig {
         encrypt: false,
         accept_unauthenticated: false,
         handshake_timeout_ms: 10_000,
+        keepalive_ms: 5_000,
+        stall_timeout_ms: 20_000,
     };
 }
 
@@ -113,6 +123,8 @@ impl core::fmt::Debug for ClientConfig {
             .field("encrypt", &self.encrypt)
             .field("accept_unauthenticated", &self.accept_unauthenticated)
             .field("handshake_timeout_ms", &self.handshake_timeout_ms)
+            .field("keepalive_ms", &self.keepalive_ms)
+            .field("stall_timeout_ms", &self.stall_timeout_ms)
             .finish()
     }
 }
@@ -165,6 +177,8 @@ struct State<const N: usize> {
     frame_cap: usize,
     /// The decoder took on the negotiated limits.
     limits_set: bool,
+    /// When bytes last moved (noticing a server that is gone).
+    alive: liveness::Liveness,
 }
 
 /// One connection of a client (see the [module docs](self)). `B` is the
@@ -207,6 +221,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ClientConn<B, N> {
                 header_cap,
                 frame_cap,
                 limits_set: false,
+                alive: liveness::Liveness::default(),
             },
         }
     }
@@ -277,23 +292,54 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ClientConn<B, N> {
         out: &mut [u8],
         uploads: &mut U,
     ) -> usize {
-        let _ = now;
-        self.st.transmit(&mut self.staging, out, uploads)
+        let n = self.st.transmit(&mut self.staging, out, uploads);
+        if n > 0 {
+            self.st.alive.sent(now);
+        }
+        n
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     pub fn poll_timeout(&self) -> Option<u64> {
-        let ms = self.st.cfg.handshake_timeout_ms;
-        matches!(self.st.phase, Phase::Hello | Phase::Auth)
-            .then(|| self.st.started_ms.saturating_add(u64::from(ms)))
-            .filter(|_| ms > 0)
+        let cfg = &self.st.cfg;
+        match self.st.phase {
+            Phase::Hello | Phase::Auth if cfg.handshake_timeout_ms > 0 => Some(
+                self.st
+                    .started_ms
+                    .saturating_add(u64::from(cfg.handshake_timeout_ms)),
+            ),
+            Phase::Open if self.in_flight() > 0 => self
+                .st
+                .alive
+                .next(cfg.keepalive_ms, cfg.stall_timeout_ms)
+                .map(|(at, _)| at),
+            _ => None,
+        }
     }
 
-    /// Enforce the handshake deadline at `now`: an [`Event::Closed`] with
-    /// [`ConnError::Timeout`] follows from the next `handle_bytes`.
+    /// Enforce the deadlines at `now`: the handshake's (an
+    /// [`Event::Closed`] with [`ConnError::Timeout`] follows from the next
+    /// `handle_bytes`), and, with requests in flight, the keepalive Ping
+    /// and the stall deadline ([`ConnError::Stalled`]).
     pub fn handle_timeout(&mut self, now: u64) {
-        if self.poll_timeout().is_some_and(|due| now >= due) {
+        if self.poll_timeout().is_none_or(|at| now < at) {
+            return;
+        }
+        if self.st.phase != Phase::Open {
             self.st.rx.timed_out = true;
+            return;
+        }
+        let cfg = &self.st.cfg;
+        match self
+            .st
+            .alive
+            .due(now, cfg.keepalive_ms, cfg.stall_timeout_ms)
+        {
+            Some(liveness::Due::Probe) if self.st.probe(&mut self.staging, now) => {
+                self.st.alive.probing(now);
+            }
+            Some(liveness::Due::Stalled) => self.st.rx.timed_out = true,
+            Some(liveness::Due::Probe) | None => {}
         }
     }
 }

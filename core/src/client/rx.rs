@@ -49,6 +49,7 @@ pub(crate) enum CloseWhy {
     Integrity(Text),
     Protocol(Text),
     Timeout,
+    Stalled(u32),
 }
 
 /// Where the body of the frame being received goes.
@@ -100,12 +101,14 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ClientConn<B, N> {
     /// come from here too: call it after [`poll_transmit`](Self::poll_transmit)
     /// even with no new input.
     pub fn handle_bytes<'a>(&'a mut self, now: u64, input: &'a [u8]) -> (usize, Option<Event<'a>>) {
-        let _ = now;
-        if self.st.rx.timed_out && matches!(self.st.phase, super::Phase::Hello | super::Phase::Auth)
-        {
+        if self.st.rx.timed_out && self.st.phase != Phase::Closed {
             self.st.rx.timed_out = false;
+            let why = match self.st.phase {
+                Phase::Open => CloseWhy::Stalled(self.st.cfg.stall_timeout_ms),
+                _ => CloseWhy::Timeout,
+            };
             self.st.phase = Phase::Closed;
-            self.st.rx.pending = Some(Pending::Closed(CloseWhy::Timeout));
+            self.st.rx.pending = Some(Pending::Closed(why));
         }
         // Connected: the decoder takes on the negotiated limits.
         if let Some((limits, encryption)) = self.st.rx_limits() {
@@ -125,6 +128,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> ClientConn<B, N> {
             }
             let (n, ev) = self.dec.handle_bytes(&input[used..]);
             used += n;
+            if n > 0 {
+                self.st.alive.received(now);
+            }
             match ev {
                 Ok(None) => return (used, None),
                 Err(e) => {
@@ -242,6 +248,7 @@ impl<const N: usize> State<N> {
                 let err = match why {
                     CloseWhy::Handshake(e) => Some(ConnError::Handshake(e)),
                     CloseWhy::Timeout => Some(ConnError::Timeout),
+                    CloseWhy::Stalled(ms) => Some(ConnError::Stalled(ms)),
                     CloseWhy::NotTether(t) | CloseWhy::Integrity(t) | CloseWhy::Protocol(t) => {
                         self.rx.close_text = t;
                         None
@@ -428,6 +435,10 @@ impl<const N: usize> State<N> {
             if let Message::Error { code, message } = h.message {
                 self.phase = Phase::Closed;
                 return Some(Event::Closed(ConnError::Server { code, message }));
+            }
+            if let Message::Pong { .. } = h.message {
+                // The keepalive's answer: its bytes already counted.
+                return None;
             }
             self.protocol(format_args!("{:?} with request id 0", h.message.kind()));
             return None;

@@ -157,6 +157,7 @@ impl Pair {
             encrypt,
             accept_unauthenticated: false,
             handshake_timeout_ms: 10_000,
+            ..ClientConfig::DEFAULT
         };
         let mut client = ClientConn::new(
             cfg,
@@ -281,6 +282,7 @@ impl Pair {
             encrypt: false,
             accept_unauthenticated: false,
             handshake_timeout_ms: 10_000,
+            ..ClientConfig::DEFAULT
         };
         self.client = ClientConn::new(
             cfg,
@@ -505,6 +507,57 @@ fn a_put_resumes_the_servers_partial_and_errors_end_requests() {
 /// What a driver that reads once `poll_transmit` gives nothing relies on:
 /// a 0 from it means nothing is queued (a Done or a Cancel a round queued
 /// goes out in the same call) and nothing is due but an event to take.
+#[test]
+fn a_quiet_server_is_probed_and_a_silent_one_given_up() {
+    let mut p = Pair::connect(5, None, false);
+    assert_eq!(p.client.poll_timeout(), None, "nothing in flight");
+    p.client.request(Request::Stat { path: "nope" }).unwrap();
+    let mut out = vec![0u8; 4096];
+    p.now = 1_000;
+    let n = p.client.poll_transmit(p.now, &mut out, &mut p.up);
+    assert!(n > 0);
+    p.to_server.extend_from_slice(&out[..n]);
+    // The Stat went, no answer yet: a probe is due after the keepalive.
+    let due = p.client.poll_timeout().unwrap();
+    assert_eq!(due, 1_000 + u64::from(ClientConfig::DEFAULT.keepalive_ms));
+    p.client.handle_timeout(due - 1);
+    assert_eq!(p.client.poll_transmit(due - 1, &mut out, &mut p.up), 0);
+    p.client.handle_timeout(due);
+    let n = p.client.poll_transmit(due, &mut out, &mut p.up);
+    // The live server answers the probe (a Pong with id 0), which the
+    // client takes silently; then the Stat's answer.
+    p.now = due;
+    p.to_server.extend_from_slice(&out[..n]);
+    p.run();
+    let seen = p.take();
+    assert!(
+        matches!(
+            seen[..],
+            [Seen::Failed(Origin::Server, ErrorCode::NOT_FOUND, _)]
+        ),
+        "only the Stat's end is an event: {seen:?}"
+    );
+    // Another request, and this time the server is gone for good.
+    p.client.request(Request::Stat { path: "nope" }).unwrap();
+    p.now += 10;
+    assert!(p.client.poll_transmit(p.now, &mut out, &mut p.up) > 0);
+    let probe = p.client.poll_timeout().unwrap();
+    p.client.handle_timeout(probe);
+    assert!(p.client.poll_transmit(probe, &mut out, &mut p.up) > 0);
+    let stall = p.client.poll_timeout().unwrap();
+    assert_eq!(
+        stall,
+        probe + u64::from(ClientConfig::DEFAULT.stall_timeout_ms)
+    );
+    p.client.handle_timeout(stall);
+    let (_, ev) = p.client.handle_bytes(stall, &[]);
+    assert!(
+        matches!(ev, Some(Event::Closed(ConnError::Stalled(20_000)))),
+        "{ev:?}"
+    );
+    assert!(p.client.is_closed());
+}
+
 #[test]
 fn poll_transmit_leaves_nothing_queued_when_it_returns_zero() {
     // `size` bytes put, or a resumed put whose partial differs.

@@ -114,6 +114,17 @@ impl<const N: usize> State<N> {
         Ok(self.table.req(i))
     }
 
+    /// Queue the keepalive Ping (request id 0, stamped `now`); false when
+    /// the queue has no room for it now.
+    pub(super) fn probe<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        tx: &mut Staging<B>,
+        now: u64,
+    ) -> bool {
+        self.queue(tx, &Header::new(0, Message::Ping { stamp: now }))
+            .is_ok()
+    }
+
     /// Requests that take a slot on the server.
     fn server_requests(&self) -> usize {
         self.table

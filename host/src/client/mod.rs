@@ -133,6 +133,7 @@ async fn try_connect(
         encrypt: opts.encrypt,
         accept_unauthenticated: opts.insecure,
         handshake_timeout_ms: 0,
+        ..ClientConfig::DEFAULT
     };
     let mut remote = Remote::new(stream, label.to_string(), addr, cfg);
     let nonce = crate::key::nonce().map_err(|e| {
@@ -152,6 +153,7 @@ async fn try_connect(
                 ..
             },
         )) => Err(Attempt::Retry(e)),
+        Ok(Err(e @ Error::HandshakeReset { .. })) => Err(Attempt::Retry(e)),
         Ok(Err(Error::Unauthenticated { .. })) if opts.insecure => {
             unreachable!("accepted by the engine with --insecure")
         }

@@ -179,6 +179,12 @@ impl Remote {
             })
             .await
             .map_err(|e| match e {
+                // A reset, not a close: a server refusing a flood of
+                // connections does that, as does a busy listener.
+                Error::Lost { detail, .. } if !self.eof => Error::HandshakeReset {
+                    host: self.host.clone(),
+                    detail,
+                },
                 Error::Lost { detail, .. } => Error::NotTether {
                     host: self.host.clone(),
                     detail: format!(
@@ -262,6 +268,10 @@ impl Remote {
         let writing = self.out_at < self.out_end;
         let paused = local.paused();
         let reading = !paused && self.filled < READ_MAX;
+        let deadline = self.conn.poll_timeout().map(|ms| {
+            let left = ms.saturating_sub(self.now());
+            tokio::time::Instant::now() + std::time::Duration::from_millis(left)
+        });
         tokio::select! {
             r = self.stream.readable(), if reading => {
                 r.map_err(|e| self.lost(e))?;
@@ -270,6 +280,10 @@ impl Remote {
             r = self.stream.writable(), if writing => {
                 r.map_err(|e| self.lost(e))?;
                 self.write().map_err(|e| self.lost(e))?;
+            }
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                let now = self.now();
+                self.conn.handle_timeout(now);
             }
             r = local.ready(paused) => {
                 if let Some(req) = r {
@@ -443,6 +457,10 @@ pub fn closed(host: &str, e: ConnError<'_>) -> Error {
         ConnError::Integrity(d) => Error::Integrity {
             host: host.to_string(),
             detail: d.to_string(),
+        },
+        e @ ConnError::Stalled(_) => Error::Lost {
+            host: host.to_string(),
+            detail: e.to_string(),
         },
         e => Error::Protocol {
             host: host.to_string(),

@@ -15,7 +15,7 @@ use tether_proto::server::{Buffers, Peer, ServerConn, CLOSE_GRACE_MS};
 use tether_proto::ErrorCode;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tracing::debug;
 
 use super::backend::{HostBackend, CHUNK};
@@ -62,13 +62,16 @@ struct Incoming {
 }
 
 /// Serve one connection until it closes. With `refuse`, the connection
-/// is told why it is refused (BUSY) and closed.
+/// is told why it is refused (BUSY) and closed. `permit` (its place in the
+/// connection limit) is given back as soon as the engine is done, before
+/// the polite close: a closing connection serves no one.
 pub async fn connection(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
     refuse: Option<&'static str>,
+    permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -163,6 +166,7 @@ pub async fn connection(
     };
     conn.handle_close(&mut bk);
     debug!(%peer, "connection over: {why}");
+    drop(permit);
     close(stream).await;
 }
 
@@ -229,9 +233,11 @@ fn write(stream: &TcpStream, output: &mut Outgoing) -> std::io::Result<()> {
     }
 }
 
-/// An idle connection gives its buffers back.
+/// An idle connection gives its buffers back (the next read or reply
+/// takes a small one again): thousands of idle connections then hold only
+/// the engine and its header and staging buffers.
 fn relax(conn: &mut Engine, input: &mut Incoming, output: &mut Outgoing) {
-    if input.buf.len() > SMALL || output.buf.len() > SMALL {
+    if input.buf.capacity() > 0 || output.buf.capacity() > 0 {
         *input = Incoming::default();
         *output = Outgoing::default();
     }

@@ -285,19 +285,13 @@ pub async fn serve(
                     let (shared, sd) = (shared.clone(), sd_rx.clone());
                     match limit.clone().try_acquire_owned() {
                         Ok(permit) => {
-                            conns.spawn(async move {
-                                driver::connection(shared, stream, peer, sd, None).await;
-                                drop(permit);
-                            });
+                            conns.spawn(driver::connection(shared, stream, peer, sd, None, permit));
                         }
                         Err(_) => match refusing.clone().try_acquire_owned() {
                             Ok(permit) => {
                                 warn!("{peer} refused: {} connections already", shared.cfg.max_connections);
                                 let why = "the server has reached its connection limit; try again later";
-                                conns.spawn(async move {
-                                    driver::connection(shared, stream, peer, sd, Some(why)).await;
-                                    drop(permit);
-                                });
+                                conns.spawn(driver::connection(shared, stream, peer, sd, Some(why), permit));
                             }
                             Err(_) => drop(stream),
                         },
