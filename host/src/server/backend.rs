@@ -21,7 +21,7 @@ use tracing::info;
 
 use super::exec::{self, Running};
 use super::files::{self, Fail, OwnedEntry, Reading, Writing};
-use super::{Shared, UploadClaim};
+use super::{claims, Shared};
 use crate::reader::{self, ReadCmd, ReadDone};
 
 pub use crate::reader::CHUNK;
@@ -126,7 +126,7 @@ struct Put {
     /// Chunks handed to the writer and not reported written yet.
     behind: usize,
     cmds: Option<std_mpsc::Sender<WriteCmd>>,
-    _claim: Option<UploadClaim>,
+    _claim: Option<claims::Held>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -347,12 +347,12 @@ impl HostBackend {
             if force { ", force" } else { "" },
             if resume { ", resume" } else { "" }
         );
-        let claim = self.shared.claim(&path.to_string());
+        let claim = self.shared.uploads.claim(&path.to_string());
         let permit = claim
             .as_ref()
             .map_err(Clone::clone)
             .and_then(|_| self.shared.transfer_slot());
-        let (claim, permit) = match (claim, permit) {
+        let ((held, writing), permit) = match (claim, permit) {
             (Ok(c), Ok(p)) => (c, p),
             (Err(f), _) | (_, Err(f)) => {
                 let put = Put {
@@ -366,7 +366,7 @@ impl HostBackend {
         let (cmd_tx, cmd_rx) = std_mpsc::channel();
         let put = Put {
             cmds: Some(cmd_tx),
-            _claim: Some(claim),
+            _claim: Some(held),
             _permit: Some(permit),
             ..Put::default()
         };
@@ -374,6 +374,9 @@ impl HostBackend {
         let parts = owned_path(path);
         let (shared, events) = (self.shared.clone(), self.events.clone());
         tokio::task::spawn_blocking(move || {
+            // The last upload to this destination may still be keeping its
+            // partial: a resume takes up every byte of it.
+            writing.wait_for_previous(std::time::Duration::from_secs(30));
             let r = with_path(&parts, |p| {
                 files::create(&shared.root, &p, size, force, resume)
             });
@@ -388,6 +391,7 @@ impl HostBackend {
                     send(Completion::Created(Err(e)));
                 }
             }
+            drop(writing);
         });
     }
 
@@ -935,7 +939,7 @@ mod tests {
         let shared = Arc::new(Shared {
             engine: cfg.engine(),
             root: Root::open(root).unwrap(),
-            uploads: Mutex::new(HashSet::new()),
+            uploads: Arc::default(),
             transfers: Arc::new(Semaphore::new(4)),
             backoff: Mutex::new(Backoff::new(BackoffPolicy::HOST)),
             epoch: Instant::now(),

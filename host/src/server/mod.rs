@@ -16,12 +16,12 @@
 //! kept beside its destination, a Get's on the client).
 
 pub mod backend;
+mod claims;
 mod driver;
 pub mod exec;
 pub mod files;
 pub mod udp;
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -179,7 +179,7 @@ pub struct Shared {
     cfg: ServerConfig,
     engine: tether_proto::server::ServerConfig,
     root: Root,
-    uploads: Mutex<HashSet<String>>,
+    uploads: Arc<claims::Claims>,
     transfers: Arc<Semaphore>,
     backoff: Mutex<Backoff<BACKOFF_PEERS>>,
     /// The monotonic clock's start: engines get milliseconds since.
@@ -207,39 +207,6 @@ impl Shared {
             )
         })
     }
-
-    /// Mark `path` as being uploaded to, or BUSY if another upload is.
-    fn claim(self: &Arc<Self>, path: &str) -> Result<UploadClaim, Fail> {
-        let mut u = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
-        if !u.insert(path.to_string()) {
-            return Err(Fail::new(
-                ErrorCode::BUSY,
-                format!("another upload to '{path}' is in progress; try again later"),
-            ));
-        }
-        Ok(UploadClaim {
-            shared: self.clone(),
-            path: path.to_string(),
-        })
-    }
-}
-
-/// A destination being uploaded to, for the claim's lifetime.
-#[derive(Debug)]
-pub struct UploadClaim {
-    shared: Arc<Shared>,
-    path: String,
-}
-
-impl Drop for UploadClaim {
-    fn drop(&mut self) {
-        let mut u = self
-            .shared
-            .uploads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        u.remove(&self.path);
-    }
 }
 
 /// Most refusals (BUSY at connect) being delivered at once; past that a
@@ -264,7 +231,7 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         engine: cfg.engine(),
         root,
-        uploads: Mutex::new(HashSet::new()),
+        uploads: Arc::default(),
         transfers: Arc::new(Semaphore::new(cfg.max_transfers.max(1))),
         backoff: Mutex::new(Backoff::new(BackoffPolicy::HOST)),
         epoch: Instant::now(),
