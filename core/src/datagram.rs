@@ -256,6 +256,28 @@ pub fn answer(datagram: &[u8], out: &mut [u8], time: &mut dyn TimeSource) -> Ans
     }
 }
 
+/// Encode the request `h` as one datagram into `out`: one whole unsealed
+/// frame with an empty body, at most [`MAX_DATAGRAM`] bytes (a longer one is
+/// refused with [`EncodeError::BufferTooSmall`]). The asking side's half of
+/// the service; the host's `tether ping/echo/time` and the tests use it.
+pub fn encode_request<'b>(h: &Header<'_>, out: &'b mut [u8]) -> Result<&'b [u8], EncodeError> {
+    let room = out.len().min(MAX_DATAGRAM);
+    encode_frame(h, &[], &mut out[..room])
+}
+
+/// The header of the reply datagram `d`, checked as [`answer`] checks a
+/// request: one whole unsealed frame, at most [`MAX_DATAGRAM`] bytes, its
+/// checksum valid, no body, a header that parses. `Err` carries the code
+/// that names what is wrong (`BAD_FRAME` for bytes that are not one whole
+/// frame, for instance).
+pub fn parse_reply(d: &[u8]) -> Result<Header<'_>, ErrorCode> {
+    let (header, body) = split(d).map_err(|(code, _)| code)?;
+    if !body.is_empty() {
+        return Err(ErrorCode::UNEXPECTED);
+    }
+    Header::parse(header).map_err(|e| e.code())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,5 +454,33 @@ mod tests {
             let a = answer(&d[..len], &mut out, &mut Fixed([0; 256]));
             assert!(a.len > 0 && a.len <= len + SLACK, "{len}: {a:?}");
         }
+    }
+
+    #[test]
+    fn requests_encode_and_replies_parse() {
+        let (mut d, mut out) = ([0u8; MAX_DATAGRAM], [0u8; MAX_DATAGRAM]);
+        let n = encode_request(&Header::new(3, Message::Echo { text: "hi" }), &mut d)
+            .unwrap()
+            .len();
+        let a = answer(&d[..n], &mut out, &mut Fixed([0; 256]));
+        let reply = Header::new(3, Message::EchoReply { text: "HI" });
+        assert_eq!(parse_reply(&out[..a.len]), Ok(reply));
+        // Too long for one datagram, whatever the buffer.
+        let long = [b'x'; MAX_DATAGRAM];
+        let text = core::str::from_utf8(&long).unwrap();
+        let mut big = [0u8; 2 * MAX_DATAGRAM];
+        assert!(matches!(
+            encode_request(&Header::new(1, Message::Echo { text }), &mut big),
+            Err(EncodeError::BufferTooSmall { .. })
+        ));
+        // Not one whole frame, cut short, with a body, sealed.
+        assert_eq!(parse_reply(b"not a frame"), Err(ErrorCode::BAD_FRAME));
+        assert_eq!(parse_reply(&out[..a.len - 1]), Err(ErrorCode::BAD_FRAME));
+        let m = encode_frame(&Header::new(1, Message::Pong { stamp: 1 }), b"x", &mut d)
+            .unwrap()
+            .len();
+        assert_eq!(parse_reply(&d[..m]), Err(ErrorCode::UNEXPECTED));
+        out[3] |= Flags::SEALED.bits();
+        assert_eq!(parse_reply(&out[..a.len]), Err(ErrorCode::UNEXPECTED));
     }
 }

@@ -703,6 +703,39 @@ fn read_varint_u32(bytes: &[u8]) -> Option<(u32, &[u8])> {
     None
 }
 
+/// A postcard flavor that writes while its buffer has room and counts every
+/// byte: [`Header::buffer_len`] (no buffer) and [`Header::emit`] serialize
+/// through it alike.
+struct Counted<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+}
+
+impl postcard::ser_flavors::Flavor for Counted<'_> {
+    type Output = usize;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        let end = self.len + data.len();
+        if let Some(dst) = self.buf.get_mut(self.len..end) {
+            dst.copy_from_slice(data);
+        }
+        self.len = end;
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        if let Some(dst) = self.buf.get_mut(self.len) {
+            *dst = data;
+        }
+        self.len += 1;
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.len)
+    }
+}
+
 impl<'a> Header<'a> {
     /// Parse a header from exactly `bytes` (the frame's header bytes).
     pub fn parse(bytes: &'a [u8]) -> Result<Self, HeaderError> {
@@ -731,12 +764,7 @@ impl<'a> Header<'a> {
 
     /// Encoded length of this header.
     pub fn buffer_len(&self) -> usize {
-        // The Size flavor cannot fail.
-        postcard::serialize_with_flavor::<Self, _, usize>(
-            self,
-            postcard::ser_flavors::Size::default(),
-        )
-        .unwrap_or(usize::MAX)
+        self.encode(&mut [])
     }
 
     /// Encode into `buf`, returning the used sub-slice; if `buf` is too small
@@ -746,7 +774,18 @@ impl<'a> Header<'a> {
         if needed > buf.len() {
             return Err(EncodeError::BufferTooSmall { needed });
         }
-        postcard::to_slice(self, buf).map_err(|_| EncodeError::Invalid)
+        match self.encode(buf) {
+            n if n == needed => Ok(&mut buf[..n]),
+            _ => Err(EncodeError::Invalid),
+        }
+    }
+
+    /// Serialize into as much of `buf` as it holds; returns the whole
+    /// length. Sizing and writing share this one serializer instance (a
+    /// second postcard instance for sizing cost about 1 KiB of flash).
+    fn encode(&self, buf: &mut [u8]) -> usize {
+        postcard::serialize_with_flavor::<Self, _, usize>(self, Counted { buf, len: 0 })
+            .unwrap_or(usize::MAX)
     }
 
     /// Shorthand constructor.

@@ -58,16 +58,17 @@ impl<const N: usize> fmt::Display for Text<N> {
 
 impl<const N: usize> fmt::Write for Text<N> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        for ch in s.chars() {
-            let n = ch.len_utf8();
-            if self.len + n > N {
-                break;
-            }
-            ch.encode_utf8(&mut self.buf[self.len..]);
-            self.len += n;
-        }
+        self.len += append(&mut self.buf[self.len..], s);
         Ok(())
     }
+}
+
+/// Copy the longest prefix of `s` that fits `room`, cut at a character
+/// boundary; returns its length. Not generic: every `Text<N>` shares it.
+fn append(room: &mut [u8], s: &str) -> usize {
+    let part = clip(s, room.len());
+    room[..part.len()].copy_from_slice(part.as_bytes());
+    part.len()
 }
 
 /// `format_args!` into a [`Text`].

@@ -6,6 +6,7 @@
 #![no_main]
 
 mod client;
+mod http;
 mod hw;
 mod link;
 mod nic;
@@ -76,7 +77,7 @@ impl SessionBufs {
 type TcpSlot = (SessionBufs, [u8; TCP_RX], [u8; TCP_TX]);
 
 /// RAM by use, reported by the `mem` command.
-static RAM: [(&str, usize); 8] = [
+static RAM: [(&str, usize); 9] = [
     ("tcp socket buffers", TCP_CONNS * (TCP_RX + TCP_TX)),
     ("udp socket buffers", 4 * MAX_DATAGRAM),
     ("udp request+reply", 2 * MAX_DATAGRAM),
@@ -87,6 +88,10 @@ static RAM: [(&str, usize); 8] = [
     (
         "client (push/fetch): socket + buffers",
         client::SOCK_RX + client::SOCK_TX + client::ARENA,
+    ),
+    (
+        "status page (2): sockets + request buffers + state",
+        http::CONNS * (http::SOCK_RX + http::SOCK_TX + http::REQUEST_BUF + http::STATE_BYTES),
     ),
 ];
 
@@ -211,8 +216,9 @@ async fn main(spawner: Spawner) {
             .map(|[a, b, c, d]| Ipv4Address::new(a, b, c, d)),
         dns_servers: heapless::Vec::new(),
     });
-    // The TCP slots, the UDP socket and the client's socket.
-    static RESOURCES: StaticCell<StackResources<{ TCP_CONNS + 2 }>> = StaticCell::new();
+    // The TCP slots, the UDP socket, the client's socket and the status page's.
+    static RESOURCES: StaticCell<StackResources<{ TCP_CONNS + 2 + http::CONNS }>> =
+        StaticCell::new();
     static NIC: StaticCell<Nic> = StaticCell::new();
     let (stack, runner) = embassy_net::new(
         NIC.init(nic),
@@ -235,7 +241,16 @@ async fn main(spawner: Spawner) {
         client::client_task(stack, sh, p.key, CLIENT.init(client::ClientMem::new()))
             .unwrap_or_else(|_| halt(format_args!("spawn"))),
     );
+    static HTTP: StaticCell<[http::HttpMem; http::CONNS]> = StaticCell::new();
+    let http_mem = HTTP.init([const { http::HttpMem::new() }; http::CONNS]);
+    for (i, mem) in http_mem.iter_mut().enumerate() {
+        spawner.spawn(
+            http::http_task(i, stack, sh, p.ip.addr, mem)
+                .unwrap_or_else(|_| halt(format_args!("spawn"))),
+        );
+    }
     log!("serving tether on TCP and UDP port {DEFAULT_PORT} and on UART0");
+    log!("status page on http://{a}.{b}.{c}.{d}:{}/", http::PORT);
 }
 
 #[embassy_executor::task]

@@ -18,6 +18,7 @@ use tether_proto::device::{
     Clock, Config, Device, DeviceConn, Event, FileId, OffsetClock, Peer, RamStore, Store as _,
 };
 use tether_proto::handshake::KEY_LEN;
+use tether_proto::http::{FileInfo, Status};
 
 pub use tether_proto::device::StoreError;
 
@@ -121,6 +122,29 @@ impl Shared {
         self.dev.borrow_mut().handle_reboot(now_ms);
         self.reboot.set(false);
         true
+    }
+}
+
+/// The status page ([`crate::http`]) reads the device through [`Shared`]
+/// only: it changes nothing.
+impl Shared {
+    /// Run `f` with what the page shows at `now_ms` (`ip`: the device's
+    /// address; `http_requests`: answered so far). File names are listed on
+    /// an unkeyed device only.
+    pub fn with_page<R>(
+        &self,
+        ip: [u8; 4],
+        http_requests: u64,
+        now_ms: u64,
+        f: impl FnOnce(&Status<'_>) -> R,
+    ) -> R {
+        let dev = self.dev.borrow();
+        let mut files = heapless::Vec::<FileInfo<'_>, STORE_FILES>::new();
+        dev.page_files(|fi| {
+            let _ = files.push(fi);
+        });
+        let open = self.open.get() as u32;
+        f(&dev.page_status(&files, Some(ip), open, http_requests, now_ms))
     }
 }
 

@@ -11,8 +11,8 @@ use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::Duration;
 use smoltcp::wire::Ipv4Address;
-use tether_proto::device::{Clock as _, Store as _, CLOSE_GRACE_MS};
-use tether_proto::http::{Close, Config, Counters, FileInfo, Http, Security, Status, StoreUse};
+use tether_proto::device::CLOSE_GRACE_MS;
+use tether_proto::http::{Close, Config, FileInfo, Http, Status};
 
 use crate::SimDev;
 
@@ -232,19 +232,7 @@ impl HttpServer {
 /// The stored files, for an unkeyed device's page.
 fn file_list(dev: &SimDev) -> Vec<FileInfo<'_>> {
     let mut v = Vec::new();
-    if dev.config().key.is_some() {
-        return v;
-    }
-    let mut at = None;
-    while let Some(id) = dev.store.next(at) {
-        if let Some(m) = dev.store.meta(id) {
-            v.push(FileInfo {
-                name: m.name,
-                size: m.size,
-            });
-        }
-        at = Some(id);
-    }
+    dev.page_files(|f| v.push(f));
     v
 }
 
@@ -257,39 +245,5 @@ fn status<'a>(
     requests: u64,
     now_ms: u64,
 ) -> Status<'a> {
-    let (st, u) = (dev.stats(), dev.store.usage());
-    Status {
-        agent: dev.config().agent,
-        uptime_ms: dev.uptime_ms(now_ms),
-        unix_ms: dev.clock.unix_ms(now_ms),
-        ip: Some(ip.octets()),
-        led: dev.led(),
-        keyed: dev.config().key.is_some(),
-        store: StoreUse {
-            used: u.used,
-            capacity: u.capacity,
-            files: u.files,
-            pending: u.pending,
-            max_files: u.max_files,
-        },
-        counters: Counters {
-            connections: st.connections,
-            open: open as u32,
-            datagrams: st.datagrams,
-            frames_in: st.frames_in,
-            frames_out: st.frames_out,
-            bytes_in: st.bytes_in,
-            bytes_out: st.bytes_out,
-            errors_sent: st.errors_sent,
-            http_requests: requests,
-        },
-        security: Security {
-            auth_failures: st.auth_failures,
-            backoff_refusals: st.backoff_refusals,
-            integrity_failures: st.integrity_failures,
-            bad_frames: st.bad_frames,
-            timeouts: st.timeouts,
-        },
-        files,
-    }
+    dev.page_status(files, Some(ip.octets()), open as u32, requests, now_ms)
 }

@@ -11,7 +11,6 @@
 //! buffers, session buffers and the store. See [`SimConfig::ram`] for the
 //! table that `mem` prints and the README documents.
 
-pub mod client;
 pub mod http;
 pub mod jobs;
 pub mod virt;
@@ -19,7 +18,7 @@ pub mod virt;
 /// The network stack the simulator runs on (re-exported for tests).
 pub use smoltcp;
 
-/// The I/O traits the client is generic over (re-exported for tests).
+/// The I/O traits [`virt::VirtualTcp`] implements (re-exported for tests).
 pub use embedded_io;
 
 use core::fmt::Write as _;

@@ -13,8 +13,9 @@ use sha2::{Digest as _, Sha256};
 use smoltcp::phy::{self, FaultInjector, Medium, PcapMode, PcapWriter, TunTapInterface};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
-use tether_proto::{Header, Message};
-use tether_sim::client::{datagram, parse_datagram, Client};
+use tether_proto::client::blocking::Client;
+use tether_proto::client::{ClientBuffers, ClientConfig, Error as ClientError, PutOptions};
+use tether_proto::{datagram, Argv, Command, Header, Message, MAX_DATAGRAM};
 use tether_sim::jobs::run_job;
 use tether_sim::virt::{VirtualConfig, VirtualNet};
 use tether_sim::{Key, SimConfig, SimDevice};
@@ -379,14 +380,27 @@ fn virtual_demo(a: &Args) -> anyhow::Result<()> {
         }
     }
     {
+        let cfg = ClientConfig {
+            agent: concat!("tether-sim-client/", env!("CARGO_PKG_VERSION")),
+            max_header: 4096,
+            max_chunk: 16 * 1024,
+            key: key.map(|k| k.0),
+            ..ClientConfig::DEFAULT
+        };
+        let mut arena = vec![0u8; ClientBuffers::arena_len(&cfg, 16 * 1024)];
+        let bufs = ClientBuffers::split(&mut arena, &cfg).context("client buffers")?;
         let tcp = net.connect().context("connect")?;
-        let mut c = Client::connect_with_key(tcp, key.map(|k| k.0)).context("handshake")?;
+        let mut c = Client::new(tcp, cfg, bufs, wall_ms)?;
+        c.handshake(rand::random())
+            .map_err(|e| why(&c, e))
+            .context("handshake")?;
+        let sess = c.session().context("no session after the handshake")?;
         println!(
             "== connected: {} (max_chunk {}, max_header {}{})",
-            c.agent,
-            c.max_chunk,
-            c.max_header,
-            if c.is_sealed() {
+            sess.agent,
+            sess.max_chunk,
+            sess.max_header,
+            if sess.authenticated {
                 ", authenticated, sealed"
             } else {
                 ""
@@ -394,7 +408,7 @@ fn virtual_demo(a: &Args) -> anyhow::Result<()> {
         );
         for i in 0..3u64 {
             let t0 = c.transport().net().now();
-            let stamp = c.ping(i)?;
+            let stamp = c.ping(i).map_err(|e| why(&c, e))?;
             let rtt = c.transport().net().now() - t0;
             println!(
                 "$ tether ping  -> pong {stamp}, rtt {} ms (virtual)",
@@ -402,7 +416,11 @@ fn virtual_demo(a: &Args) -> anyhow::Result<()> {
             );
         }
         for cmd in [&["uptime"][..], &["led", "on"], &["mem"]] {
-            let out = c.exec(cmd)?;
+            let mut b = vec![0u8; 64];
+            let argv = Argv::join(cmd, &mut b).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let out = c
+                .exec_output(Command::Argv(argv), None)
+                .map_err(|e| why(&c, e))?;
             print!(
                 "$ tether exec -- {}\n{}",
                 cmd.join(" "),
@@ -411,51 +429,55 @@ fn virtual_demo(a: &Args) -> anyhow::Result<()> {
             println!("  (exit {})", out.status.shell_code());
         }
         let t0 = c.transport().net().now();
-        let sent = c.put("demo.bin", &data, true)?;
+        let force = PutOptions {
+            force: true,
+            resume: false,
+        };
+        let sent = c
+            .put_slice("demo.bin", &data, force)
+            .map_err(|e| why(&c, e))?;
         let t1 = c.transport().net().now();
-        let back = c.get("demo.bin")?;
+        let (back, got) = c.get_vec("demo.bin").map_err(|e| why(&c, e))?;
         let t2 = c.transport().net().now();
-        let got: [u8; 32] = Sha256::digest(&back).into();
+        let mine: [u8; 32] = Sha256::digest(&back).into();
         println!(
             "$ tether put demo.bin ({} bytes) -> sha256 {} ({} ms virtual)",
             data.len(),
-            hex::encode(sent),
+            hex::encode(sent.sha256),
             (t1 - t0).total_millis()
         );
         println!(
             "$ tether get demo.bin -> {} bytes, sha256 {} ({} ms virtual)",
             back.len(),
-            hex::encode(got),
+            hex::encode(mine),
             (t2 - t1).total_millis()
         );
-        if back != data || got != sent {
+        if back != data || mine != sent.sha256 || got.sha256 != sent.sha256 {
             bail!("the file that came back differs from the one sent");
         }
         println!("   round trip byte-exact: SHA-256 match");
-        let out = c.exec(&["sha256", "demo.bin"])?;
+        let out = c
+            .exec_output(Command::Shell("sha256 demo.bin"), None)
+            .map_err(|e| why(&c, e))?;
         print!(
             "$ tether exec -- sha256 demo.bin\n{}",
             String::from_utf8_lossy(&out.stdout)
         );
     }
-    let r = net.udp_request(&datagram(&Header::new(1, Message::Time { format: "" })), 3)?;
-    let h = parse_datagram(&r)?;
-    match Header::parse(&h).map(|h| h.message) {
+    let mut d = [0u8; MAX_DATAGRAM];
+    let q = datagram::encode_request(&Header::new(1, Message::Time { format: "" }), &mut d)?;
+    let r = net.udp_request(q, 3)?;
+    match datagram::parse_reply(&r).map(|h| h.message) {
         Ok(Message::TimeReply { unix_ms, text }) => {
             println!("$ tether time (udp) -> {text} ({unix_ms} ms since the epoch)")
         }
         other => bail!("unexpected time reply: {other:?}"),
     }
-    let r = net.udp_request(
-        &datagram(&Header::new(
-            2,
-            Message::Echo {
-                text: "hello device",
-            },
-        )),
-        3,
-    )?;
-    match Header::parse(&parse_datagram(&r)?).map(|h| h.message) {
+    let echo = Message::Echo {
+        text: "hello device",
+    };
+    let r = net.udp_request(datagram::encode_request(&Header::new(2, echo), &mut d)?, 3)?;
+    match datagram::parse_reply(&r).map(|h| h.message) {
         Ok(Message::EchoReply { text }) => println!("$ tether echo (udp) 'hello device' -> {text}"),
         other => bail!("unexpected echo reply: {other:?}"),
     }
@@ -472,4 +494,27 @@ fn virtual_demo(a: &Args) -> anyhow::Result<()> {
         wall.elapsed().as_millis()
     );
     Ok(())
+}
+
+/// The demo client's clock (for its handshake deadline): real milliseconds
+/// since the demo started.
+fn wall_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+/// A client error with the server's words, when it gave any.
+fn why<T, C>(c: &Client<'_, T, C>, e: ClientError<T::Error>) -> anyhow::Error
+where
+    T: embedded_io::Read + embedded_io::Write,
+    T::Error: Send + Sync + 'static,
+    C: tether_proto::client::Clock,
+{
+    match c.message() {
+        "" => anyhow::Error::new(e),
+        m => anyhow::anyhow!("{e}: {m}"),
+    }
 }

@@ -9,7 +9,8 @@
 //! [`NetError::TimedOut`] instead of hanging.
 //!
 //! [`VirtualTcp`] is a blocking `embedded-io` stream over a host-side TCP
-//! socket, for [`Client`](crate::client::Client).
+//! socket, for the core's blocking client driver
+//! (`tether_proto::client::blocking::Client`) or a raw test peer.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;

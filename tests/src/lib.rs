@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 pub use tempfile::TempDir;
 
 pub mod conformance;
+pub mod http;
 pub mod peer;
 pub mod qemu;
 pub mod relay;

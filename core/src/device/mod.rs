@@ -60,6 +60,7 @@ pub mod clock;
 pub mod commands;
 mod conn;
 mod datagram;
+mod page;
 pub mod store;
 
 pub use crate::server::{Peer, CLOSE_GRACE_MS};
