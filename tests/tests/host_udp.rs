@@ -122,8 +122,7 @@ fn garbage_datagrams_get_bad_frame_and_other_requests_unexpected() {
     let mut buf = [0u8; 2048];
     sock.send(b"definitely not a frame").unwrap();
     let n = sock.recv(&mut buf).unwrap();
-    let reply = tether_host::client::udp::parse(&buf[..n]).unwrap();
-    let h = tether_proto::Header::parse(&reply).unwrap();
+    let h = tether_proto::datagram::parse_reply(&buf[..n]).unwrap();
     assert_eq!(h.request_id, 0);
     assert!(
         matches!(h.message, tether_proto::Message::Error { code, .. } if code.0 == 1),
@@ -140,8 +139,7 @@ fn garbage_datagrams_get_bad_frame_and_other_requests_unexpected() {
     .unwrap();
     sock.send(f).unwrap();
     let n = sock.recv(&mut buf).unwrap();
-    let reply = tether_host::client::udp::parse(&buf[..n]).unwrap();
-    let h = tether_proto::Header::parse(&reply).unwrap();
+    let h = tether_proto::datagram::parse_reply(&buf[..n]).unwrap();
     assert_eq!(h.request_id, 9);
     assert!(
         matches!(h.message, tether_proto::Message::Error { code, .. } if code.0 == 8),

@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tether_proto::codec::{encode_frame, Decoder, Event, Limits};
+use tether_proto::datagram;
 use tether_proto::{EncodeError, Header, Message, MAX_DATAGRAM};
 use tokio::net::UdpSocket;
 use tracing::debug;
@@ -26,8 +26,8 @@ pub struct UdpOpts {
 /// A reply and where it came from.
 #[derive(Debug)]
 pub struct Reply {
-    /// The reply's header bytes (parse with [`Reply::message`]).
-    header: Vec<u8>,
+    /// The reply datagram (checked; read with [`Reply::message`]).
+    datagram: Vec<u8>,
     /// Round-trip time of the answered attempt.
     pub rtt: Duration,
     /// Attempts used.
@@ -47,7 +47,7 @@ pub struct UdpClient {
 impl Reply {
     /// The reply's message (it parsed when it arrived).
     pub fn message(&self) -> Message<'_> {
-        Header::parse(&self.header).map_or(Message::Data, |h| h.message)
+        datagram::parse_reply(&self.datagram).map_or(Message::Data, |h| h.message)
     }
 }
 
@@ -86,7 +86,7 @@ impl UdpClient {
         let id = rand::random::<u32>().max(1);
         let mut out = [0u8; MAX_DATAGRAM];
         let kind = msg.kind();
-        let frame = match encode_frame(&Header::new(id, msg), &[], &mut out) {
+        let frame = match datagram::encode_request(&Header::new(id, msg), &mut out) {
             Ok(f) => f,
             Err(EncodeError::BufferTooSmall { needed }) => {
                 return Err(Error::Usage(format!(
@@ -132,11 +132,8 @@ impl UdpClient {
                         ),
                     });
                 }
-                match parse(&buf[..n]) {
-                    Ok(header) => {
-                        let Ok(h) = Header::parse(&header) else {
-                            continue;
-                        };
+                match datagram::parse_reply(&buf[..n]) {
+                    Ok(h) => {
                         if h.request_id != id {
                             debug!(
                                 "ignoring {:?} for request {}",
@@ -152,13 +149,13 @@ impl UdpClient {
                             });
                         }
                         return Ok(Reply {
-                            header,
+                            datagram: buf[..n].to_vec(),
                             rtt: sent.elapsed(),
                             attempts: attempt,
                             from: self.addr,
                         });
                     }
-                    Err(e) => debug!("ignoring a datagram that is not a tether frame: {e}"),
+                    Err(code) => debug!("ignoring a datagram that is not a tether reply ({code})"),
                 }
             }
             if attempt <= opts.retries {
@@ -171,26 +168,5 @@ impl UdpClient {
             timeout: opts.timeout,
             why,
         })
-    }
-}
-
-/// One datagram as one whole frame: its header bytes (which parse).
-pub fn parse(dgram: &[u8]) -> Result<Vec<u8>, String> {
-    let mut hbuf = [0u8; MAX_DATAGRAM];
-    let mut dec = Decoder::new(
-        &mut hbuf[..],
-        Limits {
-            max_header: MAX_DATAGRAM as u16,
-            max_body: 0,
-        },
-    );
-    let (used, ev) = dec.handle_bytes(dgram);
-    match ev {
-        Ok(Some(Event::Header(f))) if used == dgram.len() => {
-            f.parse().map_err(|e| e.to_string())?;
-            Ok(f.header.to_vec())
-        }
-        Ok(_) => Err("not exactly one whole frame".into()),
-        Err(e) => Err(e.to_string()),
     }
 }

@@ -916,7 +916,6 @@ pub fn internal(what: &str) -> Fail {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
