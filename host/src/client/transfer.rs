@@ -483,6 +483,19 @@ impl LocalFile {
             size,
         })
     }
+
+    /// Open `path` again for one attempt of an upload: it must still be
+    /// the file the command looked at first (`was`), or the upload would
+    /// send another one under the first one's size.
+    fn reopen(path: &Path, shown: &str, size: u64, was: Identity) -> Result<Self, Fail> {
+        let f = File::open(path)
+            .and_then(|f| LocalFile::new(f, shown.to_string(), size))
+            .map_err(|e| crate::server::files::io_fail(&e, shown))?;
+        if f.identity != Some(was) {
+            return Err(reader::changed(shown));
+        }
+        Ok(f)
+    }
 }
 
 /// Size, modification time, inode, change time (s, ns).
@@ -708,12 +721,13 @@ pub async fn put(
     }
     drop(file);
     let size = meta.len();
+    let was = identity(&meta);
     let t0 = Instant::now();
     let mut resume = opts.resume;
     let mut restarted = false;
     loop {
         let r = with_retries(opts, async || {
-            send(remote, local, path, size, resume, opts).await
+            send(remote, (local, was), path, size, resume, opts).await
         })
         .await;
         match r {
@@ -737,7 +751,7 @@ pub async fn put(
                 code: ErrorCode::EXISTS,
                 message,
             }) if !opts.force => {
-                return match identical(remote, local, path, size).await? {
+                return match identical(remote, (local, was), path, size).await? {
                     Some(digest) => Ok(Report {
                         size,
                         resumed_at: size,
@@ -764,16 +778,12 @@ enum Sent {
 }
 
 /// Start a reader thread over the local file.
-fn open_upload(local: &Path, size: u64, opts: &TransferOpts) -> Upload {
+fn open_upload(local: &Path, size: u64, was: Identity, opts: &TransferOpts) -> Upload {
     let (tx, answers) = mpsc::unbounded_channel();
     let (p, shown) = (local.to_path_buf(), local.display().to_string());
     let tx2 = tx.clone();
     let reader = reader::start(
-        move || {
-            File::open(&p)
-                .and_then(|f| LocalFile::new(f, shown.clone(), size))
-                .map_err(|e| crate::server::files::io_fail(&e, &shown))
-        },
+        move || LocalFile::reopen(&p, &shown, size, was),
         move |r: &Result<LocalFile, Fail>| match r {
             Ok(_) => true,
             Err(f) => {
@@ -805,13 +815,13 @@ fn open_upload(local: &Path, size: u64, opts: &TransferOpts) -> Upload {
 /// One Put request to its end.
 async fn send(
     remote: &mut Remote,
-    local: &Path,
+    (local, was): (&Path, Identity),
     path: &str,
     size: u64,
     resume: bool,
     opts: &TransferOpts,
 ) -> Result<Sent, Error> {
-    let mut side = open_upload(local, size, opts);
+    let mut side = open_upload(local, size, was, opts);
     let req = remote
         .request(Request::Put {
             path,
@@ -870,15 +880,14 @@ async fn send(
 /// its end, whose prefix digest is the whole file's). Returns its digest.
 async fn identical(
     remote: &mut Remote,
-    local: &Path,
+    (local, was): (&Path, Identity),
     path: &str,
     size: u64,
 ) -> Result<Option<Digest>, Error> {
     let (p, shown) = (local.to_path_buf(), local.display().to_string());
     let prefix = tokio::task::spawn_blocking(move || {
-        let mut f = File::open(&p)
-            .and_then(|f| LocalFile::new(f, shown.clone(), size))
-            .map_err(|e| Error::local("cannot read", &p, e))?;
+        let mut f = LocalFile::reopen(&p, &shown, size, was)
+            .map_err(|f| Error::local("cannot read", &p, io::Error::other(f.message)))?;
         reader::hash_prefix(&mut f, size)
             .map_err(|e| Error::local("cannot read", &p, io::Error::other(e.message)))
     })

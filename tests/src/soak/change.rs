@@ -124,6 +124,13 @@ pub fn put<T: Target>(env: &mut Env<T>, change: Change, size: u64, rate: u64) ->
         &rate.to_string(),
     ]);
     let child = Bg::spawn(c);
+    // The change must come after the client opened the file (it judges
+    // "unchanged" against the file as opened): a client slow to start
+    // would otherwise send the changed file whole, rightly.
+    let opened = std::time::Instant::now();
+    while !child.has_open(&local) && opened.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     std::thread::sleep(Duration::from_secs_f64(0.3 * size as f64 / rate as f64));
     change.apply(&local, size);
     let o = child.finish(Duration::from_secs(60));

@@ -113,6 +113,16 @@ impl Bg {
         Bg(Some(c.spawn().expect("spawn tether")))
     }
 
+    /// Whether the process has `path` open now (Linux: its `/proc` fds).
+    pub fn has_open(&self, path: &std::path::Path) -> bool {
+        let Some(c) = &self.0 else { return false };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", c.id())) else {
+            return false;
+        };
+        fds.flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == path))
+    }
+
     /// Wait for it (at most `limit`) and collect its output; one still
     /// running then is killed, and its stderr says so (a hang is a failure
     /// of the check, not of the suite).
