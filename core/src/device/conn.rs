@@ -69,22 +69,23 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> DeviceConn<B, N> {
         self
     }
 
-    fn backend<'a, S: Store, C: Clock, K: Commands>(
-        reqs: &'a mut [DevReq; N],
-        out: &'a mut B,
-        text: &'a mut Text<96>,
-        dev: &'a mut Device<S, C, K>,
-        mem: ConnMem,
+    /// Run `f` on the engine with this connection's device backend.
+    fn with_backend<S: Store, C: Clock, K: Commands, R>(
+        &mut self,
+        dev: &mut Device<S, C, K>,
         now: u64,
-    ) -> DevBackend<'a, S, C, K, N> {
-        DevBackend {
+        f: impl FnOnce(&mut ServerConn<B, N>, &mut DevBackend<'_, S, C, K, N>) -> R,
+    ) -> R {
+        let mem = self.mem();
+        let mut bk = DevBackend {
             dev,
-            reqs,
-            out: out.as_mut(),
-            text,
+            reqs: &mut self.reqs,
+            out: self.out.as_mut(),
+            text: &mut self.text,
             mem,
             now,
-        }
+        };
+        f(&mut self.conn, &mut bk)
     }
 
     /// A connection from `peer` was accepted at `now_ms`: start over,
@@ -101,25 +102,16 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> DeviceConn<B, N> {
         self.handle_close(dev);
         dev.stats.connections += 1;
         self.conn.reconfigure(dev.server_config());
-        let mem = self.mem();
-        let mut bk = Self::backend(
-            &mut self.reqs,
-            &mut self.out,
-            &mut self.text,
-            dev,
-            mem,
-            now_ms,
-        );
-        self.conn.handle_accept(now_ms, peer, nonce, &mut bk);
+        self.with_backend(dev, now_ms, |c, bk| {
+            c.handle_accept(now_ms, peer, nonce, bk)
+        });
     }
 
     /// The connection ended (either side closed or it was reset): requests
     /// in flight end (an upload's partial is kept for resuming), queued
     /// bytes and the session keys are dropped.
     pub fn handle_close<S: Store, C: Clock, K: Commands>(&mut self, dev: &mut Device<S, C, K>) {
-        let mem = self.mem();
-        let mut bk = Self::backend(&mut self.reqs, &mut self.out, &mut self.text, dev, mem, 0);
-        self.conn.handle_close(&mut bk);
+        self.with_backend(dev, 0, |c, bk| c.handle_close(bk));
     }
 
     /// Feed received bytes; returns how many were consumed. Fewer than
@@ -132,16 +124,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> DeviceConn<B, N> {
         input: &[u8],
         now_ms: u64,
     ) -> usize {
-        let mem = self.mem();
-        let mut bk = Self::backend(
-            &mut self.reqs,
-            &mut self.out,
-            &mut self.text,
-            dev,
-            mem,
-            now_ms,
-        );
-        self.conn.handle_bytes(now_ms, input, &mut bk)
+        self.with_backend(dev, now_ms, |c, bk| c.handle_bytes(now_ms, input, bk))
     }
 
     /// Write bytes to send into `out`; returns how many. Call whenever the
@@ -153,16 +136,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> DeviceConn<B, N> {
         out: &mut [u8],
         now_ms: u64,
     ) -> usize {
-        let mem = self.mem();
-        let mut bk = Self::backend(
-            &mut self.reqs,
-            &mut self.out,
-            &mut self.text,
-            dev,
-            mem,
-            now_ms,
-        );
-        self.conn.poll_transmit(now_ms, out, &mut bk)
+        self.with_backend(dev, now_ms, |c, bk| c.poll_transmit(now_ms, out, bk))
     }
 
     /// Enforce the deadlines at `now_ms` (call at least when
@@ -172,16 +146,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const N: usize> DeviceConn<B, N> {
         dev: &mut Device<S, C, K>,
         now_ms: u64,
     ) {
-        let mem = self.mem();
-        let mut bk = Self::backend(
-            &mut self.reqs,
-            &mut self.out,
-            &mut self.text,
-            dev,
-            mem,
-            now_ms,
-        );
-        self.conn.handle_timeout(now_ms, &mut bk);
+        self.with_backend(dev, now_ms, |c, bk| c.handle_timeout(now_ms, bk));
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
