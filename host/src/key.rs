@@ -2,7 +2,8 @@
 //! `tether keygen`.
 //!
 //! A key is 32 random bytes, kept as 64 hexadecimal characters and a
-//! newline in a file only its owner may read (mode 0600). It reaches
+//! newline in a file only its owner may read (mode 0600 on Unix; on
+//! Windows an access control list granting the owner alone). It reaches
 //! `tether` from, in this order:
 //!
 //! 1. `--key-file PATH`,
@@ -13,8 +14,9 @@
 //! local user in the process list and lands in shell histories.
 //!
 //! A key file that other users may read (any group or other permission
-//! bit) is refused, as ssh refuses such private keys: a key that others
-//! could have copied authenticates nobody.
+//! bit; on Windows an ACL entry allowing another account to read it, see
+//! [`crate::platform::key_exposure`]) is refused, as ssh refuses such
+//! private keys: a key that others could have copied authenticates nobody.
 
 use std::fmt;
 use std::io::{self, Write as _};
@@ -83,12 +85,12 @@ pub enum KeyError {
         why: String,
     },
     /// The key file may be read by other users.
-    #[error("the key file '{}' may be read by other users (mode {mode:04o}): refusing to use a key others could have copied; run `chmod 600 '{}'`", path.display(), path.display())]
+    #[error("the key file '{}' may be read by other users ({}): refusing to use a key others could have copied; run `{}`", path.display(), exposure.how, exposure.fix)]
     Exposed {
         /// The file.
         path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
+        /// Who else may read it, and the fix.
+        exposure: crate::platform::Exposure,
     },
     /// `TETHER_KEY` is not a key.
     #[error("{ENV_KEY} is malformed: {why}; it must hold 64 hexadecimal characters (32 bytes); better, keep the key in a file (`tether keygen PATH`) and set {ENV_KEY_FILE}=PATH")]
@@ -133,7 +135,6 @@ pub fn parse_hex(text: &str) -> Result<Key, String> {
 
 /// Read a key file (checking its permissions first).
 pub fn read_key_file(path: &Path, from: &'static str) -> Result<Key, KeyError> {
-    use std::os::unix::fs::PermissionsExt as _;
     let read_err = |source| KeyError::Read {
         path: path.to_path_buf(),
         from,
@@ -147,11 +148,10 @@ pub fn read_key_file(path: &Path, from: &'static str) -> Result<Key, KeyError> {
             why: "it is not a regular file".into(),
         });
     }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
+    if let Some(exposure) = crate::platform::key_exposure(path, &meta).map_err(read_err)? {
         return Err(KeyError::Exposed {
             path: path.to_path_buf(),
-            mode,
+            exposure,
         });
     }
     if meta.len() > 1024 {
@@ -226,10 +226,10 @@ pub fn nonce() -> io::Result<[u8; 16]> {
     Ok(n)
 }
 
-/// Write a new random key to `path` (mode 0600). Without `force` an
-/// existing file is left alone; with it, the file is replaced atomically.
+/// Write a new random key to `path`, readable by its owner only (see
+/// [`crate::platform::create_private`]). Without `force` an existing file
+/// is left alone; with it, the file is replaced atomically.
 pub fn keygen(path: &Path, force: bool) -> Result<(), KeyError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let mut key = [0u8; KEY_LEN];
     os_random(&mut key)?;
     let line = format!("{}\n", hex::encode(key));
@@ -238,18 +238,13 @@ pub fn keygen(path: &Path, force: bool) -> Result<(), KeyError> {
         source,
     };
     if !force {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::AlreadyExists {
-                    KeyError::Exists(path.to_path_buf())
-                } else {
-                    write_err(e)
-                }
-            })?;
+        let mut f = crate::platform::create_private(path).map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                KeyError::Exists(path.to_path_buf())
+            } else {
+                write_err(e)
+            }
+        })?;
         f.write_all(line.as_bytes()).map_err(write_err)?;
         f.sync_all().map_err(write_err)?;
         return Ok(());
@@ -260,11 +255,7 @@ pub fn keygen(path: &Path, force: bool) -> Result<(), KeyError> {
     let tmp = path.with_file_name(tmp_name);
     let _ = std::fs::remove_file(&tmp);
     let r = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = crate::platform::create_private(&tmp)?;
         f.write_all(line.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -296,6 +287,7 @@ mod tests {
         assert_eq!(format!("{k:?}"), "Key(<redacted>)");
     }
 
+    #[cfg(unix)]
     #[test]
     fn precedence_and_permissions() {
         use std::os::unix::fs::PermissionsExt as _;

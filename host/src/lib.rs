@@ -29,6 +29,7 @@ pub mod addr;
 pub mod client;
 pub mod error;
 pub mod key;
+pub mod platform;
 pub mod progress;
 pub mod reader;
 pub mod server;

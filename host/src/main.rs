@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use tether_host::addr::{parse_duration, parse_rate, HostSpec};
-use tether_host::client::exec::{exec, report_status, shell, Cmdline};
+use tether_host::client::exec::{exec, exit_code, report_status, shell, Cmdline};
 use tether_host::client::transfer::{get, part_path, put, Report, TransferOpts};
 use tether_host::client::udp::{UdpClient, UdpOpts};
 use tether_host::client::{connect, fs, ConnectOpts};
@@ -103,7 +103,8 @@ enum Cmd {
     /// accepting, lets transfers in flight finish within --shutdown-grace and
     /// keeps interrupted uploads resumable; a second signal stops at once.
     Serve(ServeArgs),
-    /// Write a new random pre-shared key (64 hex digits) to PATH, mode 0600.
+    /// Write a new random pre-shared key (64 hex digits) to PATH, readable by
+    /// you only (mode 0600; on Windows an ACL granting you alone).
     ///
     /// Give the file to the server (`tether serve --key-file PATH`) and to
     /// each client (`--key-file PATH` or TETHER_KEY_FILE=PATH), copying it
@@ -262,7 +263,8 @@ struct ExecArgs {
     /// Kill the remote command after this long (exit status 124).
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     timeout: Option<Duration>,
-    /// Run LINE with the server's shell (sh -c LINE) instead of an argv.
+    /// Run LINE with the server's shell (sh -c LINE; cmd /C LINE on a Windows
+    /// server) instead of an argv.
     #[arg(long, value_name = "LINE", conflicts_with = "command")]
     shell: Option<String>,
     /// The program and its arguments (after `--`).
@@ -341,7 +343,10 @@ fn init_logging(cli: &Cli) {
     let b = tracing_subscriber::fmt()
         .with_env_filter(env)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && tether_host::platform::ansi_stderr(),
+        )
         .with_target(false);
     if matches!(cli.cmd, Cmd::Serve(_)) {
         b.init();
@@ -588,9 +593,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
 fn keygen(path: &std::path::Path, force: bool) -> anyhow::Result<u8> {
     key::keygen(path, force)?;
     let p = path.display();
-    println!("wrote a new key to {p} (mode 0600)");
+    println!(
+        "wrote a new key to {p} ({})",
+        tether_host::platform::PRIVATE
+    );
+    let env = tether_host::platform::env_hint(key::ENV_KEY_FILE, &p.to_string());
     eprintln!(
-        "use it: on the server `tether serve --key-file {p} ...`; on each client `--key-file {p}` or `export TETHER_KEY_FILE={p}`.\ncopy it to clients over a secure channel (scp, a password manager); anyone holding it can use the server."
+        "use it: on the server `tether serve --key-file {p} ...`; on each client `--key-file {p}` or {env}.\ncopy it to clients over a secure channel (scp, a password manager); anyone holding it can use the server."
     );
     Ok(0)
 }
@@ -639,7 +648,7 @@ async fn exec_cmd(a: &ExecArgs, copts: &ConnectOpts) -> anyhow::Result<u8> {
     let mut remote = connect(&a.host, copts).await?;
     let status = exec(&mut remote, &command, a.timeout).await?;
     report_status(status);
-    Ok(status.shell_code() as u8)
+    Ok(exit_code(status))
 }
 
 fn transfer_opts(cli: &Cli, t: &TransferArgs) -> TransferOpts {
@@ -791,25 +800,14 @@ async fn ping(
     Ok(0)
 }
 
+/// Ctrl-C or SIGTERM (on Windows Ctrl-C, Ctrl-Break, the console closing,
+/// shutdown): a graceful stop; a second one stops at once.
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut stop = tether_host::platform::StopSignals::new();
+    stop.recv().await;
     tracing::info!("signal received: shutting down (send it again to stop at once)");
     tokio::spawn(async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        stop.recv().await;
         eprintln!("tether: second signal: stopping now");
         std::process::exit(130);
     });

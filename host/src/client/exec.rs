@@ -1,6 +1,6 @@
 //! `tether exec` and `tether shell`.
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use tether_proto::client::{Event, ReqId, Request};
@@ -127,17 +127,7 @@ async fn step(remote: &mut Remote, req: ReqId, outcome: &mut Option<Outcome>) ->
 }
 
 fn write_out(stream: Stream, bytes: &[u8]) -> Result<(), Error> {
-    let r = match stream {
-        Stream::Stdout => {
-            let mut o = std::io::stdout().lock();
-            o.write_all(bytes).and_then(|_| o.flush())
-        }
-        Stream::Stderr => {
-            let mut o = std::io::stderr().lock();
-            o.write_all(bytes).and_then(|_| o.flush())
-        }
-    };
-    r.map_err(|e| {
+    crate::platform::write_output(stream, bytes).map_err(|e| {
         let what = if stream == Stream::Stdout {
             "stdout"
         } else {
@@ -147,9 +137,20 @@ fn write_out(stream: Stream, bytes: &[u8]) -> Result<(), Error> {
     })
 }
 
+/// The exit status `tether exec` ends with: the remote code, 128+N for
+/// signal N, 124 timed out, 130 cancelled. A code outside 0-255 (a Windows
+/// server's 32-bit codes) becomes 1, so that no failure reads as success.
+pub fn exit_code(status: ExitStatus) -> u8 {
+    u8::try_from(status.shell_code()).unwrap_or(1)
+}
+
 /// Describe a non-normal end on stderr (a normal exit says nothing).
 pub fn report_status(status: ExitStatus) {
     match status {
+        ExitStatus::Code(c) if !(0..=255).contains(&c) => eprintln!(
+            "tether: the remote command exited with code {c} ({:#010x}), outside 0-255: exit status 1",
+            c as u32
+        ),
         ExitStatus::Code(_) => {}
         ExitStatus::Signal(s) => eprintln!("tether: the remote command was killed by signal {s}"),
         ExitStatus::TimedOut => {
@@ -209,7 +210,7 @@ pub async fn shell(host: &HostSpec, opts: &ConnectOpts) -> Result<i32, Error> {
         match exec(&mut remote, &Cmdline::Shell(line.to_string()), None).await {
             Ok(status) => {
                 report_status(status);
-                last = status.shell_code();
+                last = i32::from(exit_code(status));
                 if interactive && last != 0 {
                     eprintln!("[exit {last}]");
                 }

@@ -398,7 +398,7 @@ impl HostBackend {
     fn start_exec(&mut self, req: Req, command: &tether_proto::Command<'_>) {
         let op = match command {
             tether_proto::Command::Argv(a) => format!("exec {:?}", a.iter().collect::<Vec<_>>()),
-            tether_proto::Command::Shell(l) => format!("exec sh -c {l:?}"),
+            tether_proto::Command::Shell(l) => format!("exec {} {l:?}", crate::platform::SHELL),
         };
         let key = self.begin(req, op, Work::Exec(Box::default()));
         let (events, root) = (self.events.clone(), self.shared.root.path().to_path_buf());

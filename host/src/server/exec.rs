@@ -1,16 +1,14 @@
 //! Running commands for the engine's Exec: argv without a shell (or
-//! `sh -c LINE`), in the served root, stdin empty, in their own process
-//! group; output is pumped to the connection as it is produced, bounded by
-//! what the connection has not sent yet.
+//! `sh -c LINE`, `cmd /C LINE` on Windows), in the served root, stdin
+//! empty, as one killable tree (a process group; a job object on Windows:
+//! [`platform::spawn_tree`]); output is pumped to the connection as it is
+//! produced, bounded by what the connection has not sent yet.
 
-use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use tether_proto::server::{Kill, Req};
 use tether_proto::{Command, ErrorCode, ExitStatus, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -18,8 +16,10 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::backend::Completion as Done;
 use super::files::Fail;
+use crate::platform::{self, Tree};
 
-/// How long a cancelled command gets between SIGTERM and SIGKILL.
+/// How long a cancelled command gets between SIGTERM and SIGKILL (on
+/// Unix; Windows has no SIGTERM, a cancel kills at once).
 const TERM_GRACE: Duration = Duration::from_secs(2);
 /// How long output may keep flowing after the command exited (a background
 /// child holding the pipes open) before its process group is killed.
@@ -33,7 +33,7 @@ const PIECE: usize = 64 * 1024;
 /// A running command, as its connection knows it.
 #[derive(Debug)]
 pub struct Running {
-    pgid: Option<Pid>,
+    tree: Option<Tree>,
     /// Permits are output bytes the pumps may read ahead.
     pub window: Arc<Semaphore>,
 }
@@ -41,16 +41,16 @@ pub struct Running {
 impl Running {
     /// Stop it: gently for a cancel (SIGTERM, then SIGKILL), at once for a timeout.
     pub fn kill(&self, why: Kill) {
-        let Some(pg) = self.pgid else { return };
+        let Some(tree) = &self.tree else { return };
         match why {
-            Kill::Timeout => {
-                let _ = killpg(pg, Signal::SIGKILL);
-            }
+            Kill::Timeout => tree.kill(),
+            Kill::Cancel if !Tree::GENTLE => tree.kill(),
             Kill::Cancel => {
-                let _ = killpg(pg, Signal::SIGTERM);
+                tree.terminate();
+                let tree = tree.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(TERM_GRACE).await;
-                    let _ = killpg(pg, Signal::SIGKILL);
+                    tree.kill();
                 });
             }
         }
@@ -60,8 +60,8 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         // The request is over (its connection closed): nothing keeps running.
-        if let Some(pg) = self.pgid {
-            let _ = killpg(pg, Signal::SIGKILL);
+        if let Some(tree) = &self.tree {
+            tree.kill();
         }
         self.window.close();
     }
@@ -82,29 +82,23 @@ pub fn start(
             c.args(it);
             c
         }
-        Command::Shell(line) => {
-            let mut c = tokio::process::Command::new("sh");
-            c.arg("-c").arg(line);
-            c
-        }
+        Command::Shell(line) => platform::shell_command(line),
     };
     cmd.current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    cmd.as_std_mut().process_group(0);
-    let mut child = cmd.spawn().map_err(|e| {
+    let (mut child, tree) = platform::spawn_tree(&mut cmd).map_err(|e| {
         let what = match command {
             Command::Argv(a) => a.program().unwrap_or_default().to_string(),
-            Command::Shell(_) => "sh".into(),
+            Command::Shell(_) => platform::SHELL.into(),
         };
         Fail::new(
             ErrorCode::EXEC_FAILED,
             format!("cannot start '{what}': {}", plain(&e)),
         )
     })?;
-    let pgid = child.id().map(|p| Pid::from_raw(p as i32));
     let window = Arc::new(Semaphore::new(OUTPUT_WINDOW));
     let out = tokio::spawn(pump(
         child.stdout.take(),
@@ -120,6 +114,7 @@ pub fn start(
         events.clone(),
         window.clone(),
     ));
+    let drain_tree = tree.clone();
     tokio::spawn(async move {
         let status = child.wait().await;
         // Let the output drain; a background child keeping the pipes open is killed.
@@ -128,21 +123,17 @@ pub fn start(
             let _ = err.await;
         };
         if tokio::time::timeout(DRAIN_GRACE, drain).await.is_err() {
-            if let Some(pg) = pgid {
-                let _ = killpg(pg, Signal::SIGKILL);
+            if let Some(tree) = &drain_tree {
+                tree.kill();
             }
         }
         let status = match status {
-            Ok(st) => match (st.code(), st.signal()) {
-                (Some(c), _) => ExitStatus::Code(c),
-                (None, Some(s)) => ExitStatus::Signal(s),
-                _ => ExitStatus::Code(-1),
-            },
+            Ok(st) => platform::exit_status(st),
             Err(_) => ExitStatus::Code(-1),
         };
         let _ = events.send((req, Done::Exited(status)));
     });
-    Ok(Running { pgid, window })
+    Ok(Running { tree, window })
 }
 
 /// Read a pipe to its end, a piece at a time, within the output window.

@@ -47,7 +47,7 @@ impl Root {
     /// Open `path` as the root.
     pub fn open(path: &Path) -> io::Result<Root> {
         let dir = Dir::open_ambient_dir(path, ambient_authority())?;
-        let path = std::fs::canonicalize(path)?;
+        let path = crate::platform::canonicalize(path)?;
         Ok(Root { dir, path })
     }
 
@@ -548,13 +548,10 @@ fn refuse_existing(m: &Metadata, force: bool, shown: &str) -> Result<(), Fail> {
 /// for (`NO_SPACE` at the Put, before anything is created): the bytes still
 /// to come (less a partial at `part` that a resumed upload takes up) against
 /// the space available to this process.
-#[cfg(unix)]
-#[allow(clippy::unnecessary_cast)] // the statvfs field types differ between platforms
 fn check_space(root: &Root, part: &Path, size: u64, resume: bool) -> Result<(), Fail> {
-    let Ok(st) = nix::sys::statvfs::fstatvfs(&root.dir) else {
+    let Some(free) = crate::platform::free_space(&root.dir, &root.path) else {
         return Ok(());
     };
-    let free = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
     let kept = match locate(root, part).and_then(|(dir, p)| dir.symlink_metadata(p)) {
         Ok(m) if resume && m.is_file() && m.len() <= size => m.len(),
         _ => 0,
@@ -566,11 +563,6 @@ fn check_space(root: &Root, part: &Path, size: u64, resume: bool) -> Result<(), 
             format!("not enough space: {needed} bytes needed, {free} free"),
         ));
     }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn check_space(_: &Root, _: &Path, _: u64, _: bool) -> Result<(), Fail> {
     Ok(())
 }
 
@@ -699,7 +691,6 @@ mod tests {
         );
     }
 
-    #[cfg(unix)]
     #[test]
     fn an_upload_larger_than_the_free_space_is_refused_at_once() {
         let tmp = tempfile::tempdir().unwrap();
