@@ -196,9 +196,14 @@ impl Server {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--root")
             .arg(root)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .args(extra);
+        Server::spawn(c, root)
+    }
+
+    /// Start `c`, a `tether serve` command line serving `root` (another
+    /// build, or under Wine), and wait for its address.
+    pub fn spawn(mut c: Command, root: &Path) -> Server {
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = c.spawn().expect("spawn tether serve");
         let log = Arc::new(Mutex::new(String::new()));
         let err = child.stderr.take().expect("stderr");
