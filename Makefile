@@ -3,8 +3,10 @@ SHELL := /bin/bash
 CARGO ?= cargo
 THUMB := thumbv7em-none-eabihf
 HOST := $(shell rustc -vV | sed -n 's/^host: //p')
+WINDOWS := x86_64-pc-windows-gnu
+MACOS := x86_64-apple-darwin
 
-.PHONY: all build test lint fmt clippy unit thumb targets qemu-deps sim sim-shell qemu bench bench-quick bench-check fuzz size soak clean
+.PHONY: all build test lint fmt clippy clippy-other unit thumb targets qemu-deps wine-deps windows sim sim-shell qemu bench bench-quick bench-check fuzz size soak clean
 
 all: build
 
@@ -14,6 +16,8 @@ build:
 # Install the rustup pieces the checks need (no-op when present).
 targets:
 	@rustup target list --installed | grep -qx $(THUMB) || rustup target add $(THUMB)
+	@rustup target list --installed | grep -qx $(WINDOWS) || rustup target add $(WINDOWS)
+	@rustup target list --installed | grep -qx $(MACOS) || rustup target add $(MACOS)
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 
@@ -30,7 +34,26 @@ clippy: targets
 	cd firmware-qemu && $(CARGO) clippy --release -- -D warnings
 	cd firmware-qemu && $(CARGO) clippy --lib --tests --target $(HOST) -- -D warnings
 
-unit: qemu-deps
+# The tether CLI for Windows and macOS: clippy only (no linking); the Windows
+# build is also linked and run under Wine by tests/tests/host_wine.rs.
+clippy-other: targets
+	$(CARGO) clippy -p tether-host --all-targets --target $(WINDOWS) -- -D warnings
+	$(CARGO) clippy -p tether-host --all-targets --target $(MACOS) -- -D warnings
+
+# mingw (links tether.exe) and Wine (runs it) for tests/tests/host_wine.rs; as root only.
+wine-deps:
+	@{ command -v x86_64-w64-mingw32-gcc >/dev/null 2>&1 && [ -x /usr/lib/wine/wine64 ]; } || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "== installing gcc-mingw-w64-x86-64 and wine64 (apt-get)"; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-mingw-w64-x86-64 wine64 >/dev/null; \
+	  else echo "== mingw or wine64 is missing and this is not root: the Wine test will be skipped"; fi; }
+
+# tether.exe for Windows (x86_64-pc-windows-gnu, linked by mingw).
+windows: targets wine-deps
+	$(CARGO) build --release -p tether-host --bin tether --target $(WINDOWS)
+	@echo "built target/$(WINDOWS)/release/tether.exe"
+
+unit: qemu-deps wine-deps
 	cd firmware-qemu && $(CARGO) test --lib --target $(HOST)
 	$(CARGO) test --workspace
 
@@ -69,7 +92,7 @@ qemu-deps:
 
 lint: targets fmt clippy
 
-test: targets fmt clippy thumb unit bench-check
+test: targets fmt clippy clippy-other thumb unit bench-check
 
 # The simulated device on a TAP in a fresh network namespace, driven by the
 # tether client (falls back to the virtual wire without root or /dev/net/tun).
