@@ -150,13 +150,15 @@ fn client_fs_udp(wine: &Wine, s: &Server) {
 /// A download killed (SIGKILL to the Wine process) after 4 MiB continues
 /// from its partial: the second run transfers only the rest.
 fn client_resume(wine: &Wine, s: &Server) {
-    const SIZE: u64 = 24 * MIB;
+    // At 4 MiB/s the download needs 10 s: the kill lands well before the
+    // end even on a loaded machine.
+    const SIZE: u64 = 40 * MIB;
     let dir = wine.dir.path();
     random_file(&s.root.join("big.bin"), SIZE);
     let part = dir.join("big.bin.tether-part");
     let mut child = wine
         .cmd()
-        .args(["get", &s.host(), "big.bin", "--limit-rate", "8M"])
+        .args(["get", &s.host(), "big.bin", "--limit-rate", "4M"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -362,9 +364,10 @@ fn server(wine: &Wine) {
     assert_eq!(o.status.code(), Some(255));
     assert!(text(&o.stderr).contains("cannot start 'no-such-program'"));
 
-    // A timeout kills the whole tree: cmd, a ping it started in the
-    // background, and the ping it waits for.
-    let (bg, fg) = ("-n 57 127.0.0.1", "-n 58 127.0.0.1");
+    // A timeout kills the whole tree at once: cmd, a ping it started in
+    // the background, and the ping it waits for (left alone, they would
+    // run 90 and 60 seconds).
+    let (bg, fg) = ("-n 90 127.0.0.1", "-n 60 127.0.0.1");
     let ping = |n: &'static str| {
         move |c: &str| {
             c.split_whitespace()
@@ -373,7 +376,8 @@ fn server(wine: &Wine) {
                 && c.contains(n)
         }
     };
-    let cmd = |c: &str| c.contains("cmd.exe") && c.contains("start /b ping -n 57");
+    let cmd = |c: &str| c.contains("cmd.exe") && c.contains("start /b ping -n 90");
+    let t = Instant::now();
     let child = tether_tests::tether()
         .args(["exec", &h, "--timeout", "5s", "--shell"])
         .arg(format!("start /b ping {bg} >nul & ping {fg} >nul"))
@@ -387,6 +391,11 @@ fn server(wine: &Wine) {
     let o = wait_output(child, Duration::from_secs(60));
     assert!(all, "cmd and its two pings never ran together");
     assert_eq!(o.status.code(), Some(124), "{}", text(&o.stderr));
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "a 5 s timeout took {took:?}"
+    );
     let gone = wait_until(Duration::from_secs(10), || {
         live(cmd).is_empty() && live(ping(bg)).is_empty() && live(ping(fg)).is_empty()
     });
