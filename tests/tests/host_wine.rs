@@ -288,7 +288,8 @@ fn client_keygen(wine: &Wine) {
 /// On a console (a pty: Wine's console), command output is written as
 /// bytes and shown in the console's code page: GBK output reads as GBK
 /// under `chcp 936`, UTF-8 as UTF-8 under `chcp 65001`. (Rust's own
-/// console writer would refuse the bytes that are not UTF-8.)
+/// console writer would refuse the bytes that are not UTF-8.) The progress
+/// bar is drawn there, and log levels are coloured there but not in a pipe.
 fn client_console(wine: &Wine, s: &Server) {
     if which("script").is_none() {
         assert!(std::env::var_os("CI").is_none(), "`script` is missing");
@@ -302,14 +303,31 @@ fn client_console(wine: &Wine, s: &Server) {
             windows_path(&wine.exe),
             s.host()
         );
-        let mut c = Command::new("script");
-        c.args(["-qec", &line, "/dev/null"]);
-        wine.env(&mut c);
-        let o = output(c, Duration::from_secs(60));
+        let o = wine.pty(&line);
         let out = text(&o.stdout);
         assert_eq!(o.status.code(), Some(0), "code page {cp}: {out}");
         assert!(out.contains(want), "code page {cp}: {out:?}");
     }
+
+    random_file(&s.root.join("bar.bin"), 3 * MIB / 2);
+    let exe = wine.exe.display();
+    let o = wine.pty(&format!(
+        "{WINE} {exe} get {} bar.bin --limit-rate 1M",
+        s.host()
+    ));
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("get [=") && out.contains(" ETA "), "{out:?}");
+
+    // A key against a server without one, --insecure: a warning.
+    linux_keygen(&wine.dir.path().join("console.key"));
+    let args = format!("ls {} --key-file console.key --insecure", s.host());
+    let o = wine.pty(&format!("{WINE} {exe} {args}"));
+    let out = text(&o.stdout);
+    assert!(out.contains("\x1b[33m WARN"), "no yellow WARN: {out:?}");
+    let o = wine.run(&args.split(' ').collect::<Vec<_>>());
+    let e = text(&o.stderr);
+    assert!(e.contains(" WARN ") && !e.contains('\x1b'), "{e:?}");
 }
 
 /// tether.exe serve, a Linux client.
@@ -490,6 +508,15 @@ impl Wine {
         c.arg(&self.exe);
         self.env(&mut c);
         c
+    }
+
+    /// Run a shell line on a pty (`script`), where Wine gives its programs
+    /// a console; its output, terminal codes included, is the stdout.
+    fn pty(&self, line: &str) -> Output {
+        let mut c = Command::new("script");
+        c.args(["-qec", line, "/dev/null"]);
+        self.env(&mut c);
+        output(c, Duration::from_secs(60))
     }
 
     /// Run `tether.exe ARGS` to completion.
