@@ -90,7 +90,7 @@ qemu-deps:
 	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-arm >/dev/null; \
 	  else echo "== qemu-system-arm is missing and this is not root: the QEMU test will be skipped"; fi; }
 
-lint: targets fmt clippy
+lint: targets fmt clippy clippy-other
 
 test: targets fmt clippy clippy-other thumb unit bench-check
 
